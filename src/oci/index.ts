@@ -1,0 +1,6 @@
+export * from './errors.ts';
+export * from './digest.ts';
+export * from './media-types.ts';
+export * from './names.ts';
+export * from './manifest.ts';
+export * from './reference.ts';

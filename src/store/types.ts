@@ -1,0 +1,126 @@
+import type { Readable } from 'node:stream';
+
+/** Options every async I/O call takes. */
+export interface IoOptions {
+  signal?: AbortSignal;
+}
+
+export interface BlobInfo {
+  digest: string;
+  size: number;
+}
+
+export interface ByteRange {
+  /** First byte, inclusive. */
+  start: number;
+  /** Last byte, inclusive. */
+  end: number;
+}
+
+/** Expectations a write is verified against before anything becomes visible. */
+export interface WriteExpectation {
+  digest?: string;
+  size?: number;
+}
+
+export interface ManifestRecord {
+  digest: string;
+  mediaType: string;
+  size: number;
+  subject?: string;
+  artifactType?: string;
+  annotations?: Record<string, string>;
+  created: number;
+}
+
+export interface ReferrerDescriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  artifactType?: string;
+  annotations?: Record<string, string>;
+}
+
+export interface UploadSession {
+  id: string;
+  repository: string;
+  /** Bytes received and durable so far. */
+  offset: number;
+  created: number;
+  updated: number;
+}
+
+/** Reads verified content: blobs and manifests are both content-addressed bytes. */
+export interface BlobReader {
+  /** Size of a blob linked into `repository`, or undefined. */
+  statBlob(repository: string, digest: string, opts?: IoOptions): Promise<BlobInfo | undefined>;
+  /** Size of a blob anywhere in the store, or undefined. */
+  statContent(digest: string, opts?: IoOptions): Promise<BlobInfo | undefined>;
+  /** A stream of the blob's bytes (or a range of them). Throws BLOB_UNKNOWN when absent. */
+  readContent(digest: string, range?: ByteRange, opts?: IoOptions): Promise<Readable>;
+}
+
+/** Writes content: verified on commit, never visible half-written. */
+export interface BlobIngester {
+  /** Streams `source` into the store and links it into `repository`; verifies digest and size when given. */
+  writeBlob(repository: string, source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, expect: WriteExpectation, opts?: IoOptions): Promise<BlobInfo>;
+  /** Links an existing blob into another repository (cross-repository mount). False when the blob is not there. */
+  mountBlob(repository: string, digest: string, from: string | undefined, opts?: IoOptions): Promise<BlobInfo | undefined>;
+  /** Removes the blob from `repository`; the bytes go when no repository links them any more. */
+  deleteBlob(repository: string, digest: string, opts?: IoOptions): Promise<void>;
+}
+
+export interface AppendOptions extends IoOptions {
+  /** Where the client says this chunk starts; must equal the session's offset. */
+  start?: number;
+  /** How many bytes the client says it sends; a shorter body rolls the chunk back. */
+  length?: number;
+}
+
+/** Resumable upload sessions (the OCI push protocol). */
+export interface UploadSessions {
+  createUpload(repository: string, opts?: IoOptions): Promise<UploadSession>;
+  /** Throws BLOB_UPLOAD_UNKNOWN when the session does not exist (or belongs to another repository). */
+  getUpload(repository: string, id: string, opts?: IoOptions): Promise<UploadSession>;
+  appendUpload(repository: string, id: string, source: AsyncIterable<Uint8Array>, opts?: AppendOptions): Promise<UploadSession>;
+  /** Verifies the whole session against `digest` and commits it as a blob of `repository`. */
+  commitUpload(repository: string, id: string, digest: string, opts?: IoOptions): Promise<BlobInfo>;
+  deleteUpload(repository: string, id: string, opts?: IoOptions): Promise<void>;
+  listUploads(opts?: IoOptions): Promise<UploadSession[]>;
+}
+
+export interface PutManifestInput {
+  repository: string;
+  bytes: Uint8Array;
+  mediaType: string;
+  tag?: string;
+  subject?: string;
+  artifactType?: string;
+  annotations?: Record<string, string>;
+}
+
+/** Repositories, manifests, tags and the referrers index. */
+export interface ManifestStore {
+  putManifest(input: PutManifestInput, opts?: IoOptions): Promise<ManifestRecord>;
+  getManifest(repository: string, digest: string, opts?: IoOptions): Promise<ManifestRecord | undefined>;
+  resolveTag(repository: string, tag: string, opts?: IoOptions): Promise<string | undefined>;
+  listTags(repository: string, opts?: IoOptions): Promise<string[]>;
+  /** Deletes the manifest and every tag that points to it. */
+  deleteManifest(repository: string, digest: string, opts?: IoOptions): Promise<void>;
+  deleteTag(repository: string, tag: string, opts?: IoOptions): Promise<void>;
+  listReferrers(repository: string, subject: string, opts?: IoOptions): Promise<ReferrerDescriptor[]>;
+  repositoryExists(repository: string, opts?: IoOptions): Promise<boolean>;
+  listRepositories(opts?: IoOptions): Promise<string[]>;
+}
+
+export interface StoreStats {
+  blobs: number;
+  bytes: number;
+}
+
+/** Everything a registry node needs from its storage. */
+export interface ContentStore extends BlobReader, BlobIngester, UploadSessions, ManifestStore {
+  open(opts?: IoOptions): Promise<void>;
+  close(): Promise<void>;
+  stats(opts?: IoOptions): Promise<StoreStats>;
+}
