@@ -21,6 +21,7 @@ export type OciErrorCode =
   | 'TOOMANYREQUESTS'
   | 'RANGE_INVALID'
   | 'TAG_INVALID'
+  | 'PAGINATION_NUMBER_INVALID'
   | 'PAYLOAD_TOO_LARGE'
   | 'UNAVAILABLE'
   | 'INTERNAL';
@@ -43,6 +44,7 @@ export const OCI_STATUS: Readonly<Record<OciErrorCode, number>> = {
   TOOMANYREQUESTS: 429,
   RANGE_INVALID: 416,
   TAG_INVALID: 400,
+  PAGINATION_NUMBER_INVALID: 400,
   PAYLOAD_TOO_LARGE: 413,
   UNAVAILABLE: 503,
   INTERNAL: 500,
@@ -97,6 +99,7 @@ export class InvalidError extends ShoalError {
       | 'NAME_INVALID'
       | 'SIZE_INVALID'
       | 'TAG_INVALID'
+      | 'PAGINATION_NUMBER_INVALID'
       | 'RANGE_INVALID'
       | 'PAYLOAD_TOO_LARGE',
     message: string,

@@ -24,6 +24,15 @@ export function validateRepositoryName(name: string): string {
   return name;
 }
 
+export function isValidRepositoryName(name: string): boolean {
+  try {
+    validateRepositoryName(name);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function isValidTag(tag: string): boolean {
   return TAG.test(tag);
 }

@@ -1,0 +1,41 @@
+import { Command, CommanderError, Option } from 'commander';
+import { ConfigError, LOG_LEVELS } from '../src/config/index.ts';
+import { serveCommand } from './serve.ts';
+
+/** Builds the `shoal` program; each command only parses its flags and delegates to src/. */
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('shoal')
+    .description('Embedded peer-to-peer OCI registry for air-gapped Kubernetes clusters')
+    .version('0.1.0')
+    .exitOverride()
+    .showHelpAfterError('(run with --help for usage)');
+  program
+    .command('serve')
+    .description('run a node: the OCI registry endpoint on this machine')
+    .option('--data <dir>', 'data directory (LevelDB and blobs) [default: ./data, env SHOAL_DATA_DIR]')
+    .option('--listen <host:port>', 'address of the registry endpoint [default: 127.0.0.1:5000, env SHOAL_LISTEN]')
+    .option('-c, --config <file>', 'YAML or JSON config file')
+    .addOption(new Option('--log-level <level>', 'log level [default: info]').choices(LOG_LEVELS))
+    .action(async (opts: { data?: string; listen?: string; config?: string; logLevel?: string }) => {
+      await serveCommand(opts);
+    });
+  return program;
+}
+
+/** Runs the CLI and returns the process exit code. */
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(argv);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    if (err instanceof ConfigError) {
+      process.stderr.write(`shoal: ${err.message}\n`);
+      return 2;
+    }
+    process.stderr.write(`shoal: ${(err as Error).message}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,137 @@
+import { readFile } from 'node:fs/promises';
+import { parse as parseYaml } from 'yaml';
+
+/** Log levels pino understands, plus `silent`. */
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface ShoalConfig {
+  /** Where LevelDB and blob files live. */
+  dataDir: string;
+  /** HOST:PORT of the registry endpoint. */
+  listen: string;
+  logLevel: LogLevel;
+  /** Largest manifest accepted on PUT, in bytes (the spec asks for at least 4 MiB). */
+  maxManifestBytes: number;
+  /** Whether DELETE of manifests, tags and blobs is allowed. */
+  deleteEnabled: boolean;
+  /** How long SIGTERM waits for in-flight requests before closing their connections, in ms. */
+  shutdownGraceMs: number;
+}
+
+export function defaultConfig(): ShoalConfig {
+  return {
+    dataDir: './data',
+    listen: '127.0.0.1:5000',
+    logLevel: 'info',
+    maxManifestBytes: 4 * 1024 * 1024,
+    deleteEnabled: true,
+    shutdownGraceMs: 10_000,
+  };
+}
+
+/** A configuration problem, reported to the operator with the setting and where it came from. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+/** Parses `HOST:PORT`, `[v6]:PORT` or `:PORT`. */
+export function parseListen(value: string, setting = 'listen'): ListenAddress {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:]*)):(\d{1,5})$/.exec(value.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new ConfigError(`${setting}: ${JSON.stringify(value)} is not HOST:PORT (e.g. 127.0.0.1:5000 or 0.0.0.0:5000)`);
+  return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
+}
+
+const KEYS: Record<keyof ShoalConfig, 'string' | 'number' | 'boolean'> = {
+  dataDir: 'string',
+  listen: 'string',
+  logLevel: 'string',
+  maxManifestBytes: 'number',
+  deleteEnabled: 'boolean',
+  shutdownGraceMs: 'number',
+};
+
+/** Environment variable for each setting: SHOAL_DATA_DIR, SHOAL_LISTEN, ... */
+export function envName(key: string): string {
+  return 'SHOAL_' + key.replace(/[A-Z]/g, (c) => '_' + c).toUpperCase();
+}
+
+function coerce(key: keyof ShoalConfig, value: unknown, origin: string): unknown {
+  const kind = KEYS[key];
+  if (kind === 'number') {
+    const n = typeof value === 'string' ? Number(value) : value;
+    if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) throw new ConfigError(`${key} (${origin}): expected a non-negative number, got ${JSON.stringify(value)}`);
+    return n;
+  }
+  if (kind === 'boolean') {
+    if (typeof value === 'boolean') return value;
+    if (value === 'true' || value === '1') return true;
+    if (value === 'false' || value === '0') return false;
+    throw new ConfigError(`${key} (${origin}): expected true or false, got ${JSON.stringify(value)}`);
+  }
+  if (typeof value !== 'string' || value === '') throw new ConfigError(`${key} (${origin}): expected a non-empty string`);
+  return value;
+}
+
+function apply(target: ShoalConfig, source: Record<string, unknown>, origin: string): void {
+  for (const [key, value] of Object.entries(source)) {
+    if (value === undefined) continue;
+    if (!(key in KEYS)) throw new ConfigError(`unknown setting ${JSON.stringify(key)} in ${origin}; known settings: ${Object.keys(KEYS).join(', ')}`);
+    (target as unknown as Record<string, unknown>)[key] = coerce(key as keyof ShoalConfig, value, origin);
+  }
+}
+
+export function validateConfig(config: ShoalConfig): ShoalConfig {
+  parseListen(config.listen);
+  if (!(LOG_LEVELS as readonly string[]).includes(config.logLevel)) {
+    throw new ConfigError(`logLevel: ${JSON.stringify(config.logLevel)} is not one of ${LOG_LEVELS.join(', ')}`);
+  }
+  if (config.maxManifestBytes < 4 * 1024 * 1024) throw new ConfigError('maxManifestBytes: must be at least 4194304 (4 MiB), as the OCI spec requires');
+  return config;
+}
+
+export interface ConfigSources {
+  /** Path of a YAML or JSON file with any of the settings. */
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Settings given as command-line flags (undefined = not given). */
+  flags?: Partial<Record<keyof ShoalConfig, unknown>>;
+}
+
+/** Defaults < config file < SHOAL_* environment < flags. */
+export async function loadConfig(sources: ConfigSources = {}): Promise<ShoalConfig> {
+  const config = defaultConfig();
+  if (sources.file) {
+    let text: string;
+    try {
+      text = await readFile(sources.file, 'utf8');
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${sources.file}: ${(err as Error).message}`);
+    }
+    let parsed: unknown;
+    try {
+      parsed = parseYaml(text);
+    } catch (err) {
+      throw new ConfigError(`config file ${sources.file} is not valid YAML/JSON: ${(err as Error).message}`);
+    }
+    if (parsed !== null && parsed !== undefined) {
+      if (typeof parsed !== 'object' || Array.isArray(parsed)) throw new ConfigError(`config file ${sources.file} must hold a mapping of settings`);
+      apply(config, parsed as Record<string, unknown>, `config file ${sources.file}`);
+    }
+  }
+  const env = sources.env ?? {};
+  const fromEnv: Record<string, unknown> = {};
+  for (const key of Object.keys(KEYS)) {
+    const v = env[envName(key)];
+    if (v !== undefined && v !== '') fromEnv[key] = v;
+  }
+  apply(config, fromEnv, 'environment');
+  apply(config, (sources.flags ?? {}) as Record<string, unknown>, 'command line');
+  return validateConfig(config);
+}

@@ -1,0 +1,129 @@
+import Koa, { type Context, type Next } from 'koa';
+import type { Registry } from 'prom-client';
+import { OCI_STATUS, ShoalError, isShoalError } from '../oci/index.ts';
+import type { RegistryDeps, RegistryState } from './context.ts';
+import { matchRoute } from './routes.ts';
+
+/** Turns a thrown value into the OCI error it is. Unknown errors become INTERNAL, logged with their stack. */
+function toShoalError(err: unknown): ShoalError {
+  if (isShoalError(err)) return err;
+  const e = err as { status?: number; expose?: boolean; message?: string };
+  // Koa/http-errors thrown by the framework itself (e.g. malformed URLs) keep their 4xx status.
+  if (typeof e?.status === 'number' && e.status >= 400 && e.status < 500 && e.expose) {
+    const code = e.status === 413 ? 'PAYLOAD_TOO_LARGE' : e.status === 416 ? 'RANGE_INVALID' : 'UNSUPPORTED';
+    return new ShoalError(code, e.message ?? 'bad request');
+  }
+  return new ShoalError('INTERNAL', 'internal error; see the node log for details');
+}
+
+/** The one place errors become `{"errors":[...]}` responses. */
+function errorMiddleware(deps: RegistryDeps) {
+  return async (ctx: Context, next: Next): Promise<void> => {
+    try {
+      await next();
+    } catch (err) {
+      const shoal = toShoalError(err);
+      if (shoal.code === 'INTERNAL') deps.logger.error({ err, method: ctx.method, path: ctx.path }, 'request failed');
+      // If the body was never read, drain it so the connection can be reused.
+      if (!ctx.req.readableEnded) ctx.req.resume();
+      if (ctx.headerSent) {
+        ctx.req.socket.destroy();
+        return;
+      }
+      ctx.status = OCI_STATUS[shoal.code];
+      for (const [k, v] of Object.entries(shoal.headers ?? {})) ctx.set(k, v);
+      if (ctx.method === 'HEAD') {
+        ctx.body = null;
+        ctx.status = OCI_STATUS[shoal.code];
+        return;
+      }
+      ctx.type = 'application/json';
+      ctx.body = { errors: [shoal.toJSON()] };
+    }
+  };
+}
+
+/** One log line and the metrics for each request; an AbortSignal for the client going away. */
+function accessMiddleware(deps: RegistryDeps) {
+  return async (ctx: Context, next: Next): Promise<void> => {
+    const started = process.hrtime.bigint();
+    const controller = new AbortController();
+    const onClose = (): void => {
+      if (!ctx.res.writableFinished) controller.abort();
+    };
+    ctx.res.once('close', onClose);
+    (ctx.state as RegistryState).signal = controller.signal;
+    (ctx.state as RegistryState).route = 'other';
+    ctx.set('Docker-Distribution-API-Version', 'registry/2.0');
+    try {
+      await next();
+    } finally {
+      const done = (): void => {
+        ctx.res.off('close', onClose);
+        const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+        const route = (ctx.state as RegistryState).route;
+        deps.metrics.requests.inc({ route, method: ctx.method, status: String(ctx.status) });
+        deps.metrics.duration.observe({ route, method: ctx.method }, seconds);
+        deps.logger.info(
+          {
+            method: ctx.method,
+            path: ctx.path,
+            query: ctx.querystring || undefined,
+            status: ctx.status,
+            route,
+            ms: Math.round(seconds * 1000),
+            length: ctx.response.length,
+            remote: ctx.request.ip,
+            aborted: controller.signal.aborted || undefined,
+          },
+          'request',
+        );
+      };
+      // Streams are still flowing when next() returns: log when the response has really finished.
+      if (ctx.res.writableFinished || ctx.res.destroyed) done();
+      else ctx.res.once('close', done);
+    }
+  };
+}
+
+export interface RegistryAppOptions {
+  deps: RegistryDeps;
+  /** The prom-client registry /metrics serves. */
+  metricsRegistry: Registry;
+}
+
+/** The Koa app of a node: OCI Distribution API plus health, readiness and metrics. */
+export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions): Koa {
+  const app = new Koa();
+  app.proxy = false;
+  // Errors are handled and logged by errorMiddleware; Koa's default would print to stderr.
+  app.silent = true;
+  app.use(accessMiddleware(deps));
+  app.use(errorMiddleware(deps));
+  app.use(async (ctx, next) => {
+    const state = ctx.state as RegistryState;
+    if (ctx.path === '/healthz') {
+      state.route = 'health';
+      ctx.body = { status: 'ok' };
+      return;
+    }
+    if (ctx.path === '/readyz') {
+      state.route = 'health';
+      const ready = deps.ready();
+      ctx.status = ready ? 200 : 503;
+      ctx.body = { status: ready ? 'ready' : 'stopping' };
+      return;
+    }
+    if (ctx.path === '/metrics') {
+      state.route = 'metrics';
+      ctx.type = metricsRegistry.contentType;
+      ctx.body = await metricsRegistry.metrics();
+      return;
+    }
+    const matched = matchRoute(ctx.method, ctx.path);
+    if (!matched) return next();
+    state.route = matched.name;
+    await matched.handler(ctx, deps, matched.params);
+  });
+  return app;
+}

@@ -1,0 +1,49 @@
+import type { Context } from 'koa';
+import { Digest, NotFoundError, UnsupportedError } from '../oci/index.ts';
+import type { RegistryDeps, RouteParams, RegistryState } from './context.ts';
+import { parseRangeHeader } from './http.ts';
+import { countBytes } from './streams.ts';
+import { emptyResponse, requireRepository } from './repositories.ts';
+
+/** GET and HEAD /v2/<name>/blobs/<digest>, with Range support. */
+export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams): Promise<void> {
+  const state = ctx.state as RegistryState;
+  const digest = Digest.parse(p.digest!).toString();
+  await requireRepository(deps, p.name, state.signal);
+  const info = await deps.store.statBlob(p.name, digest, { signal: state.signal });
+  if (!info) throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${p.name}`, { digest });
+  const range = parseRangeHeader(ctx.get('Range') || undefined, info.size);
+  ctx.set('Accept-Ranges', 'bytes');
+  ctx.set('Docker-Content-Digest', digest);
+  ctx.set('ETag', `"${digest}"`);
+  ctx.set('Cache-Control', 'max-age=31536000');
+  ctx.type = 'application/octet-stream';
+  if (range) {
+    ctx.status = 206;
+    ctx.set('Content-Range', `bytes ${range.start}-${range.end}/${info.size}`);
+  } else {
+    ctx.status = 200;
+  }
+  const length = range ? range.end - range.start + 1 : info.size;
+  if (ctx.method === 'HEAD') {
+    ctx.set('Content-Length', String(length));
+    return;
+  }
+  if (length === 0) {
+    ctx.body = Buffer.alloc(0);
+    return;
+  }
+  const stream = await deps.store.readContent(digest, range, { signal: state.signal });
+  ctx.length = length;
+  ctx.body = countBytes(stream, (n) => deps.metrics.servedBytes.inc({ kind: 'blob' }, n));
+}
+
+/** DELETE /v2/<name>/blobs/<digest>. */
+export async function deleteBlob(ctx: Context, deps: RegistryDeps, p: RouteParams): Promise<void> {
+  const state = ctx.state as RegistryState;
+  if (!deps.deleteEnabled) throw new UnsupportedError('deletion is disabled on this node (deleteEnabled: false)');
+  const digest = Digest.parse(p.digest!).toString();
+  await requireRepository(deps, p.name, state.signal);
+  await deps.store.deleteBlob(p.name, digest, { signal: state.signal });
+  emptyResponse(ctx, 202);
+}

@@ -1,0 +1,76 @@
+import type { Context } from 'koa';
+import { NotFoundError, UnsupportedError, validateRepositoryName } from '../oci/index.ts';
+import { deleteBlob, getBlob } from './blobs.ts';
+import type { RegistryDeps, RouteParams } from './context.ts';
+import { listCatalog, listReferrers, listTags } from './discovery.ts';
+import { deleteManifest, getManifest, putManifest } from './manifests.ts';
+import { cancelUpload, finishUpload, patchUpload, startUpload, uploadStatus } from './uploads.ts';
+
+type Handler = (ctx: Context, deps: RegistryDeps, params: RouteParams) => Promise<void>;
+
+interface Route {
+  /** A metrics label naming the route. */
+  name: string;
+  pattern: RegExp;
+  methods: Record<string, Handler>;
+}
+
+// Names are matched greedily, so a repository may itself contain path components such as "blobs".
+const ROUTES: readonly Route[] = [
+  { name: 'base', pattern: /^\/v2\/?$/, methods: { GET: async (ctx) => void (ctx.body = {}), HEAD: async (ctx) => void (ctx.status = 200) } },
+  { name: 'catalog', pattern: /^\/v2\/_catalog$/, methods: { GET: (ctx, deps) => listCatalog(ctx, deps) } },
+  { name: 'upload', pattern: /^\/v2\/(?<name>.+)\/blobs\/uploads\/?$/, methods: { POST: startUpload } },
+  {
+    name: 'upload',
+    pattern: /^\/v2\/(?<name>.+)\/blobs\/uploads\/(?<uploadId>[^/]+)$/,
+    methods: { PATCH: patchUpload, PUT: finishUpload, GET: uploadStatus, DELETE: cancelUpload },
+  },
+  { name: 'blob', pattern: /^\/v2\/(?<name>.+)\/blobs\/(?<digest>[^/]+)$/, methods: { GET: getBlob, HEAD: getBlob, DELETE: deleteBlob } },
+  {
+    name: 'manifest',
+    pattern: /^\/v2\/(?<name>.+)\/manifests\/(?<reference>[^/]+)$/,
+    methods: { GET: getManifest, HEAD: getManifest, PUT: putManifest, DELETE: deleteManifest },
+  },
+  { name: 'tags', pattern: /^\/v2\/(?<name>.+)\/tags\/list$/, methods: { GET: listTags } },
+  { name: 'referrers', pattern: /^\/v2\/(?<name>.+)\/referrers\/(?<digest>[^/]+)$/, methods: { GET: listReferrers } },
+];
+
+export interface MatchedRoute {
+  name: string;
+  handler: Handler;
+  params: RouteParams;
+}
+
+/** Finds the route for a path and method; throws the right OCI error when there is none. */
+export function matchRoute(method: string, path: string): MatchedRoute | undefined {
+  for (const route of ROUTES) {
+    const m = route.pattern.exec(path);
+    if (!m) continue;
+    const g = m.groups ?? {};
+    let name = g.name ?? '';
+    try {
+      name = decodeURIComponent(name);
+    } catch {
+      // leave as is: validation below refuses it
+    }
+    if (g.name !== undefined) validateRepositoryName(name);
+    const handler = route.methods[method];
+    if (!handler) {
+      throw new UnsupportedError(`${method} is not supported on ${path}; allowed: ${Object.keys(route.methods).join(', ')}`);
+    }
+    const params: RouteParams = { name, reference: g.reference, digest: g.digest, uploadId: g.uploadId };
+    for (const key of ['reference', 'digest', 'uploadId'] as const) {
+      const v = params[key];
+      if (v !== undefined) {
+        try {
+          params[key] = decodeURIComponent(v);
+        } catch {
+          // invalid escapes stay as they are and fail validation in the handler
+        }
+      }
+    }
+    return { name: route.name, handler: route.methods[method]!, params };
+  }
+  if (path.startsWith('/v2/')) throw new NotFoundError('NAME_UNKNOWN', `no registry endpoint at ${path}`);
+  return undefined;
+}
