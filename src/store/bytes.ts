@@ -3,8 +3,8 @@ import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { AbortedError, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError } from '../oci/index.ts';
-import type { BlobInfo, ByteRange, IoOptions, WriteExpectation } from './types.ts';
+import { AbortedError, Digest, NotFoundError } from '../oci/index.ts';
+import type { BlobInfo, ByteRange, IoOptions } from './types.ts';
 
 /** Read buffer for blob streams: 1 MiB is ~3x faster than Node's 64 KiB default when serving. */
 export const READ_CHUNK = 1024 * 1024;
@@ -13,12 +13,23 @@ export const READ_CHUNK = 1024 * 1024;
  * Where blob bytes live. The disk version keeps one file per digest, written through a temporary file and
  * renamed into place only after the bytes are verified; the memory version is its twin for tests.
  */
+/** Bytes on their way into the store. */
+export interface IngestFile {
+  readonly id: string;
+  append(chunk: Uint8Array): Promise<void>;
+  /** Bytes appended so far, inclusive range. */
+  read(range: ByteRange): Promise<Readable>;
+  /** Makes the bytes durable and moves them into place as `digest`. */
+  commit(digest: string): Promise<void>;
+  discard(): Promise<void>;
+}
+
 export interface BlobBytes {
   init(opts?: IoOptions): Promise<void>;
   size(digest: string): Promise<number | undefined>;
   read(digest: string, range?: ByteRange): Promise<Readable>;
-  /** Writes and verifies a whole blob; returns what it verified. Nothing is visible unless it matches. */
-  write(source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, expect: WriteExpectation, opts?: IoOptions): Promise<BlobInfo>;
+  /** A new temporary file that becomes a blob only through commit(); invisible until then. */
+  ingest(): Promise<IngestFile>;
   remove(digest: string): Promise<void>;
   /** Every digest that has committed bytes. */
   list(): Promise<BlobInfo[]>;
@@ -37,31 +48,6 @@ export interface BlobBytes {
 
 function checkAbort(signal?: AbortSignal): void {
   if (signal?.aborted) throw new AbortedError();
-}
-
-/** Hashes `source` while handing each chunk to `sink`; verifies against `expect` at the end. */
-async function verifiedCopy(
-  source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
-  expect: WriteExpectation,
-  sink: (chunk: Uint8Array) => Promise<void> | void,
-  signal?: AbortSignal,
-): Promise<BlobInfo> {
-  const algorithm = expect.digest ? Digest.parse(expect.digest).algorithm : 'sha256';
-  const hasher = new DigestHasher(algorithm);
-  for await (const chunk of source) {
-    checkAbort(signal);
-    hasher.update(chunk);
-    if (expect.size !== undefined && hasher.size > expect.size) {
-      throw new InvalidError('SIZE_INVALID', `content is larger than the expected ${expect.size} bytes`);
-    }
-    await sink(chunk);
-  }
-  if (expect.size !== undefined && hasher.size !== expect.size) {
-    throw new InvalidError('SIZE_INVALID', `content is ${hasher.size} bytes, expected ${expect.size}`);
-  }
-  const actual = hasher.digest().toString();
-  if (expect.digest && actual !== expect.digest) throw new DigestMismatchError(expect.digest, actual);
-  return { digest: actual, size: hasher.size };
 }
 
 async function writeAll(fh: FileHandle, chunk: Uint8Array, position: number): Promise<void> {
@@ -117,31 +103,39 @@ export class DiskBlobBytes implements BlobBytes {
     return fh.createReadStream({ start: range?.start, end: range?.end, highWaterMark: READ_CHUNK, autoClose: true });
   }
 
-  async write(source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, expect: WriteExpectation, opts: IoOptions = {}): Promise<BlobInfo> {
-    const tmp = join(this.ingestDir, randomUUID());
-    const fh = await open(tmp, 'wx');
+  async ingest(): Promise<IngestFile> {
+    const id = randomUUID();
+    const tmp = join(this.ingestDir, id);
+    const fh = await open(tmp, 'wx+');
     let position = 0;
-    try {
-      const info = await verifiedCopy(
-        source,
-        expect,
-        async (chunk) => {
-          await writeAll(fh, chunk, position);
-          position += chunk.length;
-        },
-        opts.signal,
-      );
-      await fh.sync();
+    let closed = false;
+    const close = async (): Promise<void> => {
+      if (closed) return;
+      closed = true;
       await fh.close();
-      const dest = this.path(info.digest);
-      await mkdir(join(dest, '..'), { recursive: true });
-      await rename(tmp, dest);
-      return info;
-    } catch (err) {
-      await fh.close().catch(() => undefined);
-      await unlink(tmp).catch(() => undefined);
-      throw err;
-    }
+    };
+    return {
+      id,
+      append: async (chunk) => {
+        await writeAll(fh, chunk, position);
+        position += chunk.length;
+      },
+      read: async (range) => {
+        if (range.end < range.start) return Readable.from([]);
+        return createReadStream(tmp, { start: range.start, end: range.end, highWaterMark: READ_CHUNK });
+      },
+      commit: async (digest) => {
+        await fh.sync();
+        await close();
+        const dest = this.path(digest);
+        await mkdir(join(dest, '..'), { recursive: true });
+        await rename(tmp, dest);
+      },
+      discard: async () => {
+        await close().catch(() => undefined);
+        await unlink(tmp).catch(() => undefined);
+      },
+    };
   }
 
   async remove(digest: string): Promise<void> {
@@ -235,11 +229,15 @@ export class MemoryBlobBytes implements BlobBytes {
     if (!b) throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in this store`, { digest });
     return Readable.from([range ? b.subarray(range.start, range.end + 1) : b]);
   }
-  async write(source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, expect: WriteExpectation, opts: IoOptions = {}): Promise<BlobInfo> {
-    const parts: Uint8Array[] = [];
-    const info = await verifiedCopy(source, expect, (c) => void parts.push(c), opts.signal);
-    this.blobs.set(info.digest, Buffer.concat(parts));
-    return info;
+  async ingest(): Promise<IngestFile> {
+    let data = Buffer.alloc(0);
+    return {
+      id: randomUUID(),
+      append: async (chunk) => void (data = Buffer.concat([data, chunk])),
+      read: async (range) => Readable.from([data.subarray(range.start, range.end + 1)]),
+      commit: async (digest) => void this.blobs.set(digest, data),
+      discard: async () => void (data = Buffer.alloc(0)),
+    };
   }
   async remove(digest: string): Promise<void> {
     this.blobs.delete(digest);

@@ -12,6 +12,7 @@ import type {
   BlobInfo,
   ByteRange,
   ContentStore,
+  Ingest,
   IoOptions,
   ManifestRecord,
   PutManifestInput,
@@ -157,18 +158,76 @@ export class KvContentStore implements ContentStore {
     }
   }
 
+  async openIngest(): Promise<Ingest> {
+    const file = await this.bytes.ingest();
+    let hasher: DigestHasher | undefined = new DigestHasher('sha256');
+    let done = false;
+    const finish = async (): Promise<void> => {
+      if (done) return;
+      done = true;
+      await file.discard();
+    };
+    const ingest: Ingest = {
+      get size() {
+        return hasher?.size ?? 0;
+      },
+      append: async (chunk, opts = {}) => {
+        checkAbort(opts.signal);
+        if (done || !hasher) throw new ShoalError('INTERNAL', 'write to a blob that is already committed or aborted');
+        await file.append(chunk);
+        hasher.update(chunk);
+      },
+      read: (range) => file.read(range),
+      commit: async (repository, expect, opts = {}) => {
+        checkAbort(opts.signal);
+        if (done || !hasher) throw new ShoalError('INTERNAL', 'commit of a blob that is already committed or aborted');
+        const size = hasher.size;
+        let actual = hasher.digest().toString();
+        if (expect.digest && Digest.parse(expect.digest).algorithm !== 'sha256') {
+          const other = new DigestHasher(Digest.parse(expect.digest).algorithm);
+          for await (const c of await file.read({ start: 0, end: size - 1 })) other.update(c as Uint8Array);
+          actual = other.digest().toString();
+        }
+        try {
+          if (expect.size !== undefined && size !== expect.size) {
+            throw new InvalidError('SIZE_INVALID', `content is ${size} bytes, expected ${expect.size}; nothing was stored`, { expected: expect.size, actual: size });
+          }
+          if (expect.digest && actual !== expect.digest) {
+            throw new DigestMismatchError(expect.digest, actual, `content has digest ${actual}, not ${expect.digest}; nothing was stored`);
+          }
+        } catch (err) {
+          await finish();
+          throw err;
+        }
+        const info: BlobInfo = { digest: actual, size };
+        hasher = undefined;
+        done = true;
+        return this.digestLocks.run(info.digest, async () => {
+          if ((await this.bytes.size(info.digest)) === undefined) await file.commit(info.digest);
+          else await file.discard();
+          await this.applyLink(await this.linkOps(repository, info), info);
+          return info;
+        });
+      },
+      abort: finish,
+    };
+    return ingest;
+  }
+
   async writeBlob(repository: string, source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, expect: WriteExpectation, opts: IoOptions = {}): Promise<BlobInfo> {
-    const info = await this.bytes.write(source, expect, opts);
-    return this.digestLocks.run(info.digest, async () => {
-      // A concurrent delete may have removed the file between write and lock: write() renamed ours into
-      // place, so the file is there unless a delete ran after it; re-check and rewrite is not possible
-      // (the source is consumed), so report the race as retryable.
-      if ((await this.bytes.size(info.digest)) === undefined) {
-        throw new ShoalError('UNAVAILABLE', `blob ${info.digest} was deleted while it was being written; retry the upload`);
+    const ingest = await this.openIngest();
+    try {
+      for await (const chunk of source) {
+        await ingest.append(chunk, opts);
+        if (expect.size !== undefined && ingest.size > expect.size) {
+          throw new InvalidError('SIZE_INVALID', `content is larger than the expected ${expect.size} bytes; nothing was stored`);
+        }
       }
-      await this.applyLink(await this.linkOps(repository, info), info);
-      return info;
-    });
+      return await ingest.commit(repository, expect, opts);
+    } catch (err) {
+      await ingest.abort();
+      throw err;
+    }
   }
 
   async mountBlob(repository: string, digest: string, from: string | undefined): Promise<BlobInfo | undefined> {
@@ -320,8 +379,12 @@ export class KvContentStore implements ContentStore {
 
   async putManifest(input: PutManifestInput, opts: IoOptions = {}): Promise<ManifestRecord> {
     const { repository } = input;
-    const info = await this.bytes.write([input.bytes], {}, opts);
+    const info: BlobInfo = { digest: Digest.of(input.bytes).toString(), size: input.bytes.length };
+    if (!(await this.statContent(info.digest))) await this.writeBlob(repository, [input.bytes], info, opts);
     return this.digestLocks.run(info.digest, async () => {
+      if ((await this.bytes.size(info.digest)) === undefined) {
+        throw new ShoalError('UNAVAILABLE', `manifest ${info.digest} was deleted while it was being written; retry`);
+      }
       const record: ManifestRecord = { digest: info.digest, mediaType: input.mediaType, size: info.size, created: Date.now() };
       if (input.subject) record.subject = input.subject;
       if (input.artifactType) record.artifactType = input.artifactType;

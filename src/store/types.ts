@@ -60,8 +60,26 @@ export interface BlobReader {
   readContent(digest: string, range?: ByteRange, opts?: IoOptions): Promise<Readable>;
 }
 
+/**
+ * A blob being written: bytes are appended (and hashed) as they arrive, can be read back while the write
+ * goes on (so a fetch can be streamed to several clients), and become visible only through commit().
+ */
+export interface Ingest {
+  /** Bytes appended so far. */
+  readonly size: number;
+  append(chunk: Uint8Array, opts?: IoOptions): Promise<void>;
+  /** A range of the bytes appended so far (inclusive). */
+  read(range: ByteRange, opts?: IoOptions): Promise<Readable>;
+  /** Verifies digest and size, then commits the blob into `repository`. On mismatch nothing is stored. */
+  commit(repository: string, expect: WriteExpectation, opts?: IoOptions): Promise<BlobInfo>;
+  /** Drops the bytes; safe to call more than once and after commit. */
+  abort(): Promise<void>;
+}
+
 /** Writes content: verified on commit, never visible half-written. */
 export interface BlobIngester {
+  /** Starts a blob write whose bytes arrive piece by piece. */
+  openIngest(opts?: IoOptions): Promise<Ingest>;
   /** Streams `source` into the store and links it into `repository`; verifies digest and size when given. */
   writeBlob(repository: string, source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, expect: WriteExpectation, opts?: IoOptions): Promise<BlobInfo>;
   /** Links an existing blob into another repository (cross-repository mount). False when the blob is not there. */
