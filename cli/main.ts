@@ -17,8 +17,9 @@ export function buildProgram(): Command {
     .option('--data <dir>', 'data directory (LevelDB and blobs) [default: ./data, env SHOAL_DATA_DIR]')
     .option('--listen <host:port>', 'address of the registry endpoint [default: 127.0.0.1:5000, env SHOAL_LISTEN]')
     .option('-c, --config <file>', 'YAML or JSON config file')
+    .option('--seed <url>', 'seed registry to pull through for requests without ?ns= (repeatable) [env SHOAL_SEEDS, comma-separated]', (v: string, prev: string[] = []) => [...prev, v])
     .addOption(new Option('--log-level <level>', 'log level [default: info]').choices(LOG_LEVELS))
-    .action(async (opts: { data?: string; listen?: string; config?: string; logLevel?: string }) => {
+    .action(async (opts: { data?: string; listen?: string; config?: string; logLevel?: string; seed?: string[] }) => {
       await serveCommand(opts);
     });
   return program;

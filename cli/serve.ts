@@ -6,6 +6,7 @@ export interface ServeFlags {
   listen?: string;
   config?: string;
   logLevel?: string;
+  seed?: string[];
 }
 
 /** `shoal serve`: starts a node and runs until SIGTERM or SIGINT. */
@@ -13,7 +14,7 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
   const config = await loadConfig({
     file: flags.config ?? process.env.SHOAL_CONFIG,
     env: process.env,
-    flags: { dataDir: flags.data, listen: flags.listen, logLevel: flags.logLevel as LogLevel | undefined },
+    flags: { dataDir: flags.data, listen: flags.listen, logLevel: flags.logLevel as LogLevel | undefined, seeds: flags.seed },
   });
   const node = await startNode(config);
   await new Promise<void>((resolve) => {

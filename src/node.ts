@@ -8,6 +8,42 @@ import { createLogger } from './logger.ts';
 import { createRegistryApp } from './registry/app.ts';
 import { RegistryMetrics } from './registry/metrics.ts';
 import { openDiskStore, type ContentStore } from './store/index.ts';
+import { PullMetrics } from './source/metrics.ts';
+import { PullThrough } from './source/pull-through.ts';
+import type { SeedDirectory, SeedSet } from './source/types.ts';
+import { SeedClient } from './upstream/index.ts';
+import type { SeedConfig } from './config/index.ts';
+
+/** The configured seeds as clients: `seeds` for requests without `?ns=`, `registries` by host. */
+class ConfiguredSeeds implements SeedDirectory {
+  private readonly byRegistry = new Map<string, SeedSet>();
+  private readonly fallback?: SeedSet;
+  readonly clients: SeedClient[] = [];
+
+  constructor(config: ShoalConfig, logger: Logger) {
+    const build = (registry: string, seeds: SeedConfig[]): SeedSet => ({
+      registry,
+      seeds: seeds.map((s) => {
+        const client = new SeedClient({ ...s, logger });
+        this.clients.push(client);
+        return client;
+      }),
+    });
+    if (config.seeds.length > 0) this.fallback = build('default', config.seeds);
+    for (const [host, seeds] of Object.entries(config.registries)) {
+      if (seeds.length > 0) this.byRegistry.set(host.toLowerCase(), build(host.toLowerCase(), seeds));
+    }
+  }
+
+  seedsFor(namespace: string | undefined): SeedSet | undefined {
+    if (namespace === undefined) return this.fallback;
+    return this.byRegistry.get(namespace) ?? (namespace === 'docker.io' ? this.byRegistry.get('registry-1.docker.io') : undefined);
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled(this.clients.map((c) => c.close()));
+  }
+}
 
 /** A running node: the composition root owns every service and stops them in order. */
 export interface ShoalNode {
@@ -30,12 +66,17 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   const store = await openDiskStore(dataDir, { signal: opts.signal });
   const metricsRegistry = new Registry();
   const metrics = new RegistryMetrics(metricsRegistry, () => store.stats());
+  const pullMetrics = new PullMetrics(metricsRegistry);
+  const seeds = new ConfiguredSeeds(config, logger);
+  const pull = new PullThrough({ store, seeds, metrics: pullMetrics, logger, tagTimeoutMs: config.tagTimeoutMs });
   let accepting = true;
   const app = createRegistryApp({
     deps: {
       store,
       logger,
       metrics,
+      pullMetrics,
+      pull,
       maxManifestBytes: config.maxManifestBytes,
       deleteEnabled: config.deleteEnabled,
       ready: () => accepting,
@@ -68,6 +109,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       });
     });
   } catch (err) {
+    await seeds.close();
     await store.close();
     throw err;
   }
@@ -90,6 +132,8 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       await closed;
       // Handlers see their sockets close and finish their store work (commit, roll back or keep the session).
       if (active > 0) await new Promise<void>((ok) => (onIdle = ok));
+      await pull.stop();
+      await seeds.close();
       await store.close();
       logger.info('stopped');
       logger.flush?.();

@@ -5,6 +5,18 @@ import { parse as parseYaml } from 'yaml';
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
+/** One upstream registry a node pulls through. */
+export interface SeedConfig {
+  /** Base URL, e.g. https://registry-1.docker.io or http://10.0.0.5:5000 */
+  url: string;
+  username?: string;
+  password?: string;
+  /** PEM file of a CA to trust for this seed. */
+  caFile?: string;
+  /** Accept any TLS certificate (test setups only). */
+  insecureSkipVerify?: boolean;
+}
+
 export interface ShoalConfig {
   /** Where LevelDB and blob files live. */
   dataDir: string;
@@ -17,6 +29,12 @@ export interface ShoalConfig {
   deleteEnabled: boolean;
   /** How long SIGTERM waits for in-flight requests before closing their connections, in ms. */
   shutdownGraceMs: number;
+  /** Seeds for requests that name no registry (no `?ns=`), tried in order. */
+  seeds: SeedConfig[];
+  /** Seeds per registry host (what containerd sends as `?ns=`), e.g. `docker.io: [{url: https://registry-1.docker.io}]`. */
+  registries: Record<string, SeedConfig[]>;
+  /** How long a tag lookup waits for a seed before answering from the last known digest, in ms. */
+  tagTimeoutMs: number;
 }
 
 export function defaultConfig(): ShoalConfig {
@@ -27,6 +45,9 @@ export function defaultConfig(): ShoalConfig {
     maxManifestBytes: 4 * 1024 * 1024,
     deleteEnabled: true,
     shutdownGraceMs: 10_000,
+    seeds: [],
+    registries: {},
+    tagTimeoutMs: 2_000,
   };
 }
 
@@ -48,14 +69,42 @@ export function parseListen(value: string, setting = 'listen'): ListenAddress {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
-const KEYS: Record<keyof ShoalConfig, 'string' | 'number' | 'boolean'> = {
+const KEYS: Record<keyof ShoalConfig, 'string' | 'number' | 'boolean' | 'seeds' | 'registries'> = {
   dataDir: 'string',
   listen: 'string',
   logLevel: 'string',
   maxManifestBytes: 'number',
   deleteEnabled: 'boolean',
   shutdownGraceMs: 'number',
+  seeds: 'seeds',
+  registries: 'registries',
+  tagTimeoutMs: 'number',
 };
+
+function seedList(value: unknown, origin: string): SeedConfig[] {
+  // A comma-separated string of URLs (environment), a list of URLs, or a list of seed objects.
+  const items = typeof value === 'string' ? value.split(',').map((v) => v.trim()).filter(Boolean) : value;
+  if (!Array.isArray(items)) throw new ConfigError(`${origin}: expected a list of seeds`);
+  return items.map((item, i) => {
+    const seed: Record<string, unknown> = typeof item === 'string' ? { url: item } : (item as Record<string, unknown>);
+    if (typeof seed !== 'object' || seed === null) throw new ConfigError(`${origin}[${i}]: expected a URL or {url, username, password, caFile, insecureSkipVerify}`);
+    for (const k of Object.keys(seed)) {
+      if (!['url', 'username', 'password', 'caFile', 'insecureSkipVerify'].includes(k)) throw new ConfigError(`${origin}[${i}]: unknown seed setting ${JSON.stringify(k)}`);
+    }
+    let url: URL;
+    try {
+      url = new URL(String(seed.url));
+    } catch {
+      throw new ConfigError(`${origin}[${i}]: ${JSON.stringify(seed.url)} is not a URL (e.g. https://registry-1.docker.io)`);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(`${origin}[${i}]: seed URL must be http:// or https://`);
+    for (const k of ['username', 'password', 'caFile'] as const) {
+      if (seed[k] !== undefined && typeof seed[k] !== 'string') throw new ConfigError(`${origin}[${i}].${k}: expected a string`);
+    }
+    if (seed.insecureSkipVerify !== undefined && typeof seed.insecureSkipVerify !== 'boolean') throw new ConfigError(`${origin}[${i}].insecureSkipVerify: expected true or false`);
+    return { ...(seed as unknown as SeedConfig), url: url.toString().replace(/\/$/, '') };
+  });
+}
 
 /** Environment variable for each setting: SHOAL_DATA_DIR, SHOAL_LISTEN, ... */
 export function envName(key: string): string {
@@ -64,6 +113,11 @@ export function envName(key: string): string {
 
 function coerce(key: keyof ShoalConfig, value: unknown, origin: string): unknown {
   const kind = KEYS[key];
+  if (kind === 'seeds') return seedList(value, `${key} (${origin})`);
+  if (kind === 'registries') {
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ConfigError(`${key} (${origin}): expected a mapping of registry host to seeds`);
+    return Object.fromEntries(Object.entries(value).map(([host, seeds]) => [host, seedList(seeds, `${key}.${host} (${origin})`)]));
+  }
   if (kind === 'number') {
     const n = typeof value === 'string' ? Number(value) : value;
     if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) throw new ConfigError(`${key} (${origin}): expected a non-negative number, got ${JSON.stringify(value)}`);

@@ -120,7 +120,7 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
       ctx.body = await metricsRegistry.metrics();
       return;
     }
-    const matched = matchRoute(ctx.method, ctx.path);
+    const matched = matchRoute(ctx.method, ctx.path, ctx.query.ns);
     if (!matched) return next();
     state.route = matched.name;
     await matched.handler(ctx, deps, matched.params);

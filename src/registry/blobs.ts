@@ -1,5 +1,5 @@
 import type { Context } from 'koa';
-import { Digest, NotFoundError, UnsupportedError } from '../oci/index.ts';
+import { Digest, UnsupportedError } from '../oci/index.ts';
 import type { RegistryDeps, RouteParams, RegistryState } from './context.ts';
 import { parseRangeHeader } from './http.ts';
 import { countBytes } from './streams.ts';
@@ -9,9 +9,9 @@ import { emptyResponse, requireRepository } from './repositories.ts';
 export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams): Promise<void> {
   const state = ctx.state as RegistryState;
   const digest = Digest.parse(p.digest!).toString();
-  await requireRepository(deps, p.name, state.signal);
-  const info = await deps.store.statBlob(p.name, digest, { signal: state.signal });
-  if (!info) throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${p.name}`, { digest });
+  const target = { repository: p.name, upstream: p.upstream, namespace: p.namespace };
+  await deps.pull.requireRepository(target, { signal: state.signal });
+  const info = await deps.pull.blob(target, digest, { signal: state.signal });
   const range = parseRangeHeader(ctx.get('Range') || undefined, info.size);
   ctx.set('Accept-Ranges', 'bytes');
   ctx.set('Docker-Content-Digest', digest);
@@ -33,9 +33,12 @@ export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams):
     ctx.body = Buffer.alloc(0);
     return;
   }
-  const stream = await deps.store.readContent(digest, range, { signal: state.signal });
+  const stream = await info.open(range, { signal: state.signal });
   ctx.length = length;
-  ctx.body = countBytes(stream, (n) => deps.metrics.servedBytes.inc({ kind: 'blob' }, n));
+  ctx.body = countBytes(stream, (n) => {
+    deps.metrics.servedBytes.inc({ kind: 'blob' }, n);
+    deps.pullMetrics.pullBytes.inc({ source: info.source }, n);
+  });
 }
 
 /** DELETE /v2/<name>/blobs/<digest>. */

@@ -1,5 +1,7 @@
 import type { Logger } from 'pino';
 import type { ContentStore } from '../store/index.ts';
+import type { PullThrough } from '../source/pull-through.ts';
+import type { PullMetrics } from '../source/metrics.ts';
 import type { RegistryMetrics } from './metrics.ts';
 
 /** What every handler gets besides the Koa context. */
@@ -7,6 +9,9 @@ export interface RegistryDeps {
   store: ContentStore;
   logger: Logger;
   metrics: RegistryMetrics;
+  pullMetrics: PullMetrics;
+  /** The pull path: local store, then seeds. */
+  pull: PullThrough;
   maxManifestBytes: number;
   deleteEnabled: boolean;
   /** True while the node accepts work; /readyz reports it. */
@@ -15,7 +20,12 @@ export interface RegistryDeps {
 
 /** Parameters a route pattern extracted from the path. */
 export interface RouteParams {
+  /** The repository in this node's store: `<registry>/<name>` when the request carried `?ns=<registry>`. */
   name: string;
+  /** The repository as the client (and the seed) name it. */
+  upstream: string;
+  /** The registry of `?ns=`, lower-cased, if any. */
+  namespace?: string;
   reference?: string;
   digest?: string;
   uploadId?: string;

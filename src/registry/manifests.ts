@@ -29,12 +29,10 @@ export function parseManifestReference(reference: string): ParsedReference {
 export async function getManifest(ctx: Context, deps: RegistryDeps, p: RouteParams): Promise<void> {
   const { signal } = ctx.state as RegistryState;
   const ref = parseManifestReference(p.reference!);
-  await requireRepository(deps, p.name, signal);
-  let digest: string | undefined = ref.kind === 'digest' ? ref.digest : await deps.store.resolveTag(p.name, ref.tag, { signal });
-  const record = digest ? await deps.store.getManifest(p.name, digest, { signal }) : undefined;
-  if (!record || !digest) {
-    throw new NotFoundError('MANIFEST_UNKNOWN', `manifest ${p.reference} is not in repository ${p.name}`, { name: p.name, reference: p.reference });
-  }
+  const target = { repository: p.name, upstream: p.upstream, namespace: p.namespace };
+  await deps.pull.requireRepository(target, { signal });
+  const record = await deps.pull.manifest(target, ref, { signal });
+  const digest = record.digest;
   ctx.status = 200;
   ctx.type = record.mediaType;
   ctx.set('Docker-Content-Digest', digest);

@@ -1,5 +1,5 @@
 import type { Context } from 'koa';
-import { NotFoundError, UnsupportedError, validateRepositoryName } from '../oci/index.ts';
+import { InvalidError, NotFoundError, UnsupportedError, validateRepositoryName } from '../oci/index.ts';
 import { deleteBlob, getBlob } from './blobs.ts';
 import type { RegistryDeps, RouteParams } from './context.ts';
 import { listCatalog, listReferrers, listTags } from './discovery.ts';
@@ -42,7 +42,21 @@ export interface MatchedRoute {
 }
 
 /** Finds the route for a path and method; throws the right OCI error when there is none. */
-export function matchRoute(method: string, path: string): MatchedRoute | undefined {
+/** `?ns=<registry host[:port]>` as containerd sends it to a mirror. */
+export function parseNamespace(ns: unknown): string | undefined {
+  if (ns === undefined || ns === '') return undefined;
+  if (typeof ns !== 'string' || !/^[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?(:\d{1,5})?$/.test(ns) || ns.length > 253) {
+    throw new InvalidError('NAME_INVALID', `invalid ns=${JSON.stringify(String(ns).slice(0, 100))}: expected a registry host such as docker.io or registry.local:5000`);
+  }
+  return ns.toLowerCase();
+}
+
+/** The store repository of a namespaced request: `docker.io` + `library/nginx` -> `docker.io/library/nginx`. */
+export function namespacedRepository(namespace: string | undefined, name: string): string {
+  return namespace ? `${namespace.replace(':', '-')}/${name}` : name;
+}
+
+export function matchRoute(method: string, path: string, ns?: unknown): MatchedRoute | undefined {
   for (const route of ROUTES) {
     const m = route.pattern.exec(path);
     if (!m) continue;
@@ -58,7 +72,9 @@ export function matchRoute(method: string, path: string): MatchedRoute | undefin
     if (!handler) {
       throw new UnsupportedError(`${method} is not supported on ${path}; allowed: ${Object.keys(route.methods).join(', ')}`);
     }
-    const params: RouteParams = { name, reference: g.reference, digest: g.digest, uploadId: g.uploadId };
+    const namespace = g.name !== undefined ? parseNamespace(ns) : undefined;
+    const params: RouteParams = { name: namespacedRepository(namespace, name), upstream: name, namespace, reference: g.reference, digest: g.digest, uploadId: g.uploadId };
+    if (namespace) validateRepositoryName(params.name);
     for (const key of ['reference', 'digest', 'uploadId'] as const) {
       const v = params[key];
       if (v !== undefined) {

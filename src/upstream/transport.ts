@@ -114,11 +114,10 @@ export class AttemptDeadline {
  */
 export function classifyFailure(err: unknown, attempt: AttemptDeadline, seed: string, what: string): Error {
   if (attempt.callerAborted) return new AbortedError(`${what} from seed ${seed} was aborted`);
-  if (err instanceof RetryableFailure || err instanceof AbortedError) return err;
+  if (err instanceof RetryableFailure || isShoalError(err)) return err;
   if (attempt.timedOut) {
     return new RetryableFailure(new UnavailableError(`seed ${seed} did not answer ${what} within ${attempt.timeoutMs} ms`, { seed, cause: 'timeout' }));
   }
-  if (isShoalError(err)) return err;
   const code = errorCode(err);
   const message = err instanceof Error ? err.message : String(err);
   if (code && TLS_CODES.has(code)) {

@@ -1,0 +1,33 @@
+import type { Readable } from 'node:stream';
+import type { ByteRange, IoOptions } from '../store/index.ts';
+
+/** What the pull path needs from a seed registry (src/upstream's SeedClient provides it). */
+export interface UpstreamRegistry {
+  /** Where it is, for logs and metrics. */
+  readonly url: string;
+  resolveTag(repository: string, tag: string, opts?: IoOptions): Promise<{ digest: string; mediaType: string; size: number }>;
+  getManifest(repository: string, reference: string, opts?: IoOptions): Promise<{ bytes: Buffer; mediaType: string; digest: string }>;
+  getBlob(repository: string, digest: string, opts?: IoOptions & { range?: ByteRange }): Promise<{ stream: Readable; size: number; status: number }>;
+}
+
+/** The seeds of one registry namespace, in the order to try them. */
+export interface SeedSet {
+  /** The registry host the seeds stand for (`docker.io`), or `default` for requests without `?ns=`. */
+  registry: string;
+  seeds: UpstreamRegistry[];
+}
+
+/** Which seeds serve a request: by `?ns=`, else the default ones. */
+export interface SeedDirectory {
+  /** Undefined when this node has no seed for that registry. */
+  seedsFor(namespace: string | undefined): SeedSet | undefined;
+}
+
+/** A blob as the registry endpoint serves it, wherever it came from. */
+export interface BlobResponse {
+  size: number;
+  /** Where the bytes came from, for metrics: already local, or fetched from a seed now. */
+  source: 'local' | 'peer' | 'seed';
+  /** The bytes of `range` (or of the whole blob). Fails mid-way if a fetch turns out corrupt. */
+  open(range: ByteRange | undefined, opts?: IoOptions): Promise<Readable>;
+}
