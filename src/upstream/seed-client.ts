@@ -168,15 +168,24 @@ function contentLength(headers: Headers): number | undefined {
   return Number.isSafeInteger(n) ? n : undefined;
 }
 
+/**
+ * Closes a body nobody will read. Destroying an undici body that has not ended makes it emit an abort error;
+ * the listener keeps that from becoming an uncaught exception.
+ */
+function dropBody(body: { on(event: 'error', listener: (err: Error) => void): unknown; destroy(): void }): void {
+  body.on('error', () => undefined);
+  body.destroy();
+}
+
 /** Reads a body fully, calling `tooLarge` (which throws) as soon as it passes `limit`. */
-async function readBody(body: AsyncIterable<Uint8Array | string> & { destroy(): void }, limit: number, tooLarge: (size: number) => never): Promise<Buffer> {
+async function readBody(body: Dispatcher.ResponseData['body'], limit: number, tooLarge: (size: number) => never): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of body) {
     const buf = typeof chunk === 'string' ? Buffer.from(chunk) : Buffer.from(chunk);
     size += buf.length;
     if (size > limit) {
-      body.destroy();
+      dropBody(body);
       tooLarge(size);
     }
     chunks.push(buf);
@@ -195,7 +204,7 @@ async function readErrorMessage(response: SeedResponse): Promise<string> {
       chunks.push(buf);
       size += buf.length;
       if (size >= MAX_ERROR_BODY_BYTES) {
-        response.body.destroy();
+        dropBody(response.body);
         break;
       }
     }
@@ -382,7 +391,7 @@ export class SeedClient {
         };
         const declared = contentLength(response.headers);
         if (declared !== undefined && declared > MAX_MANIFEST_BYTES) {
-          response.body.destroy();
+          dropBody(response.body);
           tooLarge(declared);
         }
         const bytes = await readBody(response.body, MAX_MANIFEST_BYTES, tooLarge);
@@ -449,7 +458,7 @@ export class SeedClient {
           const total = served && served[3] !== '*' ? Number(served[3]) : undefined;
           const wantedEnd = total !== undefined ? Math.min(range!.end, total - 1) : range!.end;
           if (!served || start !== range!.start || end !== wantedEnd || (total !== undefined && end >= total)) {
-            response.body.destroy();
+            dropBody(response.body);
             throw new UnavailableError(
               `seed ${this.url} answered ${what} with Content-Range ${JSON.stringify(header(response.headers, 'content-range') ?? null)}, which is not the range asked for`,
               { seed: this.url },
@@ -463,7 +472,7 @@ export class SeedClient {
         let slice: ByteRange | undefined;
         if (range) {
           if (declared !== undefined && range.start >= declared) {
-            response.body.destroy();
+            dropBody(response.body);
             throw new InvalidError('RANGE_INVALID', `${what}: the blob has only ${declared} bytes`, { size: declared });
           }
           slice = { start: range.start, end: declared !== undefined ? Math.min(range.end, declared - 1) : range.end };
@@ -603,7 +612,7 @@ export class SeedClient {
         }
         throw await this.statusError(exchange, response, answer.sent);
       } catch (err) {
-        response?.body.destroy();
+        if (response) dropBody(response.body);
         failure = classifyFailure(err, attempt, this.url, exchange.what);
       } finally {
         attempt.settle();
@@ -634,7 +643,7 @@ export class SeedClient {
     try {
       answer = await this.answerChallenge(challenges, exchange, sent, attempt);
     } catch (err) {
-      response.body.destroy();
+      dropBody(response.body);
       throw err;
     }
     if (!answer) return { response, sent };
