@@ -1,6 +1,5 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, LOG_LEVELS } from '../src/config/index.ts';
-import { UsageError as RegistryArgError } from '../src/containerd/hosts-toml.ts';
 import { UsageError } from './errors.ts';
 import { serveCommand } from './serve.ts';
 import { containerdConfigCommand } from './containerd-config.ts';
@@ -47,7 +46,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
-    if (err instanceof ConfigError || err instanceof UsageError || err instanceof RegistryArgError) {
+    if (err instanceof ConfigError || err instanceof UsageError) {
       process.stderr.write(`shoal: ${err.message}\n`);
       return 2;
     }

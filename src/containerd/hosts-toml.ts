@@ -1,10 +1,6 @@
 import { mkdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-
-/** A --registry value that cannot be used. */
-export class UsageError extends Error {
-  override readonly name = 'UsageError';
-}
+import { ConfigError } from '../config/index.ts';
 
 /** First line of every file Shoal writes, so a restore knows which files are its own. */
 export const GENERATED_MARK = '# Written by shoal containerd-config.';
@@ -41,7 +37,7 @@ export function parseRegistryTarget(value: string): RegistryTarget {
   const eq = value.indexOf('=');
   const host = (eq >= 0 ? value.slice(0, eq) : value).trim().toLowerCase();
   if (!/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$/.test(host)) {
-    throw new UsageError(`--registry ${JSON.stringify(value)}: expected HOST[:PORT] or HOST[:PORT]=URL, e.g. docker.io or registry.local:5000=http://registry.local:5000`);
+    throw new ConfigError(`--registry ${JSON.stringify(value)}: expected HOST[:PORT] or HOST[:PORT]=URL, e.g. docker.io or registry.local:5000=http://registry.local:5000`);
   }
   let server = defaultServer(host);
   if (eq >= 0) {
@@ -50,9 +46,9 @@ export function parseRegistryTarget(value: string): RegistryTarget {
     try {
       parsed = new URL(url);
     } catch {
-      throw new UsageError(`--registry ${JSON.stringify(value)}: ${JSON.stringify(url)} is not a URL`);
+      throw new ConfigError(`--registry ${JSON.stringify(value)}: ${JSON.stringify(url)} is not a URL`);
     }
-    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new UsageError(`--registry ${JSON.stringify(value)}: the URL must be http:// or https://`);
+    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new ConfigError(`--registry ${JSON.stringify(value)}: the URL must be http:// or https://`);
     server = url.replace(/\/+$/, '');
   }
   return { host, server };
