@@ -15,6 +15,7 @@ import type {
   Ingest,
   IoOptions,
   ManifestRecord,
+  Pin,
   PutManifestInput,
   ReferrerDescriptor,
   StoreStats,
@@ -445,6 +446,27 @@ export class KvContentStore implements ContentStore {
 
   async repositoryExists(repository: string): Promise<boolean> {
     return (await this.kv.get(keys.repo(repository))) !== undefined;
+  }
+
+  async pinManifest(repository: string, digest: string, reason: string): Promise<void> {
+    if (!(await this.getManifest(repository, digest))) {
+      throw new NotFoundError('MANIFEST_UNKNOWN', `manifest ${digest} is not in repository ${repository}; it cannot be pinned`, { digest });
+    }
+    await this.kv.batch([{ type: 'put', key: keys.pin(repository, digest), value: { reason, created: Date.now() } }]);
+  }
+
+  async unpinManifest(repository: string, digest: string): Promise<void> {
+    await this.kv.batch([{ type: 'del', key: keys.pin(repository, digest) }]);
+  }
+
+  async listPins(): Promise<Pin[]> {
+    const out: Pin[] = [];
+    for await (const [key, value] of this.kv.entries<{ reason: string; created: number }>(keys.pinPrefix())) {
+      const rest = key.slice(keys.pinPrefix().length);
+      const sep = rest.indexOf('\u0000');
+      out.push({ repository: rest.slice(0, sep), digest: rest.slice(sep + 1), reason: value.reason, created: value.created });
+    }
+    return out;
   }
 
   async listRepositories(): Promise<string[]> {

@@ -13,6 +13,7 @@
  *   tag:<name>\0<tag>                        -> {digest, updated}        tag points at a manifest
  *   referrer:<name>\0<subject>\0<digest>     -> ReferrerDescriptor       manifest whose subject is <subject>
  *   upload:<id>                              -> UploadSession            resumable upload session
+ *   pin:<name>\0<digest>                     -> {reason, created}        manifest (and what it references) must stay
  *
  * Every change that touches more than one key is written as one batch.
  */
@@ -39,6 +40,8 @@ export const keys = {
   referrer: (name: string, subject: string, digest: string) => `referrer:${name}${SEP}${subject}${SEP}${digest}`,
   referrerPrefix: (name: string, subject: string) => `referrer:${name}${SEP}${subject}${SEP}`,
   upload: (id: string) => `upload:${id}`,
+  pin: (name: string, digest: string) => `pin:${name}${SEP}${digest}`,
+  pinPrefix: () => 'pin:',
   uploadPrefix: () => 'upload:',
 };
 

@@ -41,6 +41,13 @@ export interface ReferrerDescriptor {
   annotations?: Record<string, string>;
 }
 
+export interface Pin {
+  repository: string;
+  digest: string;
+  reason: string;
+  created: number;
+}
+
 export interface UploadSession {
   id: string;
   repository: string;
@@ -128,6 +135,10 @@ export interface ManifestStore {
   deleteTag(repository: string, tag: string, opts?: IoOptions): Promise<void>;
   listReferrers(repository: string, subject: string, opts?: IoOptions): Promise<ReferrerDescriptor[]>;
   repositoryExists(repository: string, opts?: IoOptions): Promise<boolean>;
+  /** Marks a manifest (and so everything it references) as one the node must keep, e.g. an imported bundle's. */
+  pinManifest(repository: string, digest: string, reason: string, opts?: IoOptions): Promise<void>;
+  unpinManifest(repository: string, digest: string, opts?: IoOptions): Promise<void>;
+  listPins(opts?: IoOptions): Promise<Pin[]>;
   listRepositories(opts?: IoOptions): Promise<string[]>;
 }
 
