@@ -204,8 +204,13 @@ export class KvContentStore implements ContentStore {
         hasher = undefined;
         done = true;
         return this.digestLocks.run(info.digest, async () => {
-          if ((await this.bytes.size(info.digest)) === undefined) await file.commit(info.digest);
-          else await file.discard();
+          try {
+            if ((await this.bytes.size(info.digest)) === undefined) await file.commit(info.digest);
+            else await file.discard();
+          } catch (err) {
+            await file.discard();
+            throw err;
+          }
           await this.applyLink(await this.linkOps(repository, info), info);
           return info;
         });
@@ -352,7 +357,7 @@ export class KvContentStore implements ContentStore {
       return this.digestLocks.run(actual, async () => {
         const ops = await this.linkOps(repository, info);
         ops.push({ type: 'del', key: keys.upload(id) });
-        if ((await this.bytes.size(actual)) === undefined) await this.bytes.sessionCommit(id, actual);
+        if ((await this.bytes.size(actual)) === undefined) await this.bytes.sessionCommit(id, actual, session.offset);
         else await this.bytes.sessionRemove(id);
         await this.applyLink(ops, info);
         this.hashers.delete(id);

@@ -1,0 +1,256 @@
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { DigestMismatchError, InvalidError, MediaType, NotFoundError } from '../../src/oci/index.ts';
+import { openDiskStore, openMemoryStore, type KvContentStore } from '../../src/store/index.ts';
+import { chunks, contentStoreSuite, readAll, rejectsWith, sha256 } from './store-suite.ts';
+
+async function makeTempDir(): Promise<string> {
+  return mkdtemp(join(tmpdir(), 'shoal-store-test-'));
+}
+
+contentStoreSuite('memory', async () => {
+  const store = await openMemoryStore();
+  return { store, dispose: () => store.close() };
+});
+
+contentStoreSuite('disk', async () => {
+  const dir = await makeTempDir();
+  try {
+    const store = await openDiskStore(dir);
+    return {
+      store,
+      async dispose() {
+        try {
+          await store.close();
+        } finally {
+          await rm(dir, { recursive: true, force: true });
+        }
+      },
+    };
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+});
+
+/** Path of a blob file in the documented disk layout. */
+function blobPath(dir: string, digest: string): string {
+  const [algorithm, hex] = digest.split(':') as [string, string];
+  return join(dir, 'blobs', algorithm, hex.slice(0, 2), hex);
+}
+
+async function* failingSource(): AsyncGenerator<Uint8Array> {
+  yield Buffer.from('hel');
+  throw new Error('client went away');
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+describe('ContentStore on disk: layout, restart and recovery', () => {
+  let dir: string;
+  let store: KvContentStore | undefined;
+
+  /** Closes the current store (if open) and opens the same directory again. */
+  async function reopen(): Promise<KvContentStore> {
+    const old = store;
+    store = undefined;
+    await old?.close();
+    store = await openDiskStore(dir);
+    return store;
+  }
+  async function closeStore(): Promise<void> {
+    const old = store;
+    store = undefined;
+    await old?.close();
+  }
+
+  beforeEach(async () => {
+    dir = await makeTempDir();
+    store = await openDiskStore(dir);
+  });
+  afterEach(async () => {
+    try {
+      await closeStore();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('keeps blob bytes at blobs/<algorithm>/<2 hex>/<hex> and leaves no ingest file behind', async () => {
+    const info = await store!.writeBlob('r', chunks('hello'), {});
+    assert.equal((await readFile(blobPath(dir, info.digest))).toString(), 'hello');
+    assert.deepEqual(await readdir(join(dir, 'ingest')), []);
+  });
+
+  it('a failed write leaves no file in ingest/ or blobs/', async () => {
+    await rejectsWith(store!.writeBlob('r', chunks('hello'), { digest: sha256('other') }), DigestMismatchError, 'DIGEST_INVALID');
+    await rejectsWith(store!.writeBlob('r', chunks('hello'), { size: 2 }), InvalidError, 'SIZE_INVALID');
+    await assert.rejects(store!.writeBlob('r', failingSource(), {}), /client went away/);
+    assert.deepEqual(await readdir(join(dir, 'ingest')), []);
+    assert.equal(await exists(blobPath(dir, sha256('hello'))), false);
+  });
+
+  it('an open ingest is a file in ingest/ until it is committed or aborted', async () => {
+    const a = await store!.openIngest();
+    const b = await store!.openIngest();
+    await a.append(Buffer.from('kept'));
+    await b.append(Buffer.from('dropped'));
+    assert.equal((await readdir(join(dir, 'ingest'))).length, 2);
+    await a.commit('r', { digest: sha256('kept') });
+    await b.abort();
+    assert.deepEqual(await readdir(join(dir, 'ingest')), []);
+    assert.equal((await readFile(blobPath(dir, sha256('kept')))).toString(), 'kept');
+    assert.equal(await exists(blobPath(dir, sha256('dropped'))), false);
+  });
+
+  it('an ingest left open when the store closes is gone after reopening', async () => {
+    const ingest = await store!.openIngest();
+    await ingest.append(Buffer.from('interrupted'));
+    const s = await reopen();
+    assert.deepEqual(await readdir(join(dir, 'ingest')), []);
+    assert.equal(await s.statContent(sha256('interrupted')), undefined);
+    assert.deepEqual(await s.stats(), { blobs: 0, bytes: 0 });
+    await ingest.abort();
+  });
+
+  it('deleting the last link removes the blob file', async () => {
+    const info = await store!.writeBlob('r', chunks('bye'), {});
+    await store!.deleteBlob('r', info.digest);
+    assert.equal(await exists(blobPath(dir, info.digest)), false);
+  });
+
+  it('reopening the same directory keeps blobs, manifests, tags, referrers, sessions and stats', async () => {
+    const s1 = store!;
+    const blob = await s1.writeBlob('app', chunks('layer-bytes'), {});
+    await s1.mountBlob('other', blob.digest, 'app');
+    const subject = await s1.putManifest({ repository: 'app', bytes: Buffer.from('{"m":"subject"}'), mediaType: MediaType.OciManifest, tag: 'v1' });
+    const ref = await s1.putManifest({
+      repository: 'app',
+      bytes: Buffer.from('{"m":"ref"}'),
+      mediaType: MediaType.OciManifest,
+      subject: subject.digest,
+      artifactType: 'application/vnd.example',
+    });
+    const session = await s1.createUpload('app');
+    await s1.appendUpload('app', session.id, chunks('partial '));
+    const stats = await s1.stats();
+
+    const s2 = await reopen();
+    assert.deepEqual(await s2.stats(), stats);
+    assert.deepEqual(await s2.statBlob('app', blob.digest), blob);
+    assert.deepEqual(await s2.statBlob('other', blob.digest), blob);
+    assert.equal((await readAll(s2, blob.digest)).toString(), 'layer-bytes');
+    assert.deepEqual(await s2.getManifest('app', subject.digest), subject);
+    assert.equal(await s2.resolveTag('app', 'v1'), subject.digest);
+    assert.deepEqual(await s2.listTags('app'), ['v1']);
+    assert.deepEqual((await s2.listReferrers('app', subject.digest)).map((d) => d.digest), [ref.digest]);
+    assert.deepEqual(await s2.listRepositories(), ['app', 'other']);
+    assert.equal((await s2.getUpload('app', session.id)).offset, 8);
+
+    // The session's hash is rebuilt from its bytes after the restart.
+    await s2.appendUpload('app', session.id, chunks('upload'), { start: 8, length: 6 });
+    const info = await s2.commitUpload('app', session.id, sha256('partial upload'));
+    assert.equal((await readAll(s2, info.digest)).toString(), 'partial upload');
+    // Deletes after a restart still keep the totals right.
+    await s2.deleteBlob('app', blob.digest);
+    await s2.deleteBlob('other', blob.digest);
+    assert.deepEqual(await s2.stats(), { blobs: stats.blobs, bytes: stats.bytes - blob.size + info.size });
+  });
+
+  it('recovery: an upload file with bytes beyond the recorded offset is truncated to it', async () => {
+    const session = await store!.createUpload('r');
+    await store!.appendUpload('r', session.id, chunks('hello'));
+    await closeStore();
+    const file = join(dir, 'uploads', session.id);
+    await appendFile(file, 'GARBAGE-FROM-A-CRASH');
+
+    const s = await reopen();
+    assert.equal((await stat(file)).size, 5);
+    assert.equal((await s.getUpload('r', session.id)).offset, 5);
+    await s.appendUpload('r', session.id, chunks(' world'), { start: 5, length: 6 });
+    const info = await s.commitUpload('r', session.id, sha256('hello world'));
+    assert.equal((await readAll(s, info.digest)).toString(), 'hello world');
+  });
+
+  it('recovery: an upload file shorter than the recorded offset shortens the session', async () => {
+    const session = await store!.createUpload('r');
+    await store!.appendUpload('r', session.id, chunks('hello world'));
+    await closeStore();
+    await truncate(join(dir, 'uploads', session.id), 5);
+
+    const s = await reopen();
+    assert.equal((await s.getUpload('r', session.id)).offset, 5);
+    await s.appendUpload('r', session.id, chunks('!'), { start: 5 });
+    const info = await s.commitUpload('r', session.id, sha256('hello!'));
+    assert.equal(info.size, 6);
+  });
+
+  it('recovery: an upload record whose file is gone is dropped', async () => {
+    const session = await store!.createUpload('r');
+    await closeStore();
+    await rm(join(dir, 'uploads', session.id));
+    const s = await reopen();
+    await rejectsWith(s.getUpload('r', session.id), NotFoundError, 'BLOB_UPLOAD_UNKNOWN');
+    assert.deepEqual(await s.listUploads(), []);
+  });
+
+  it('recovery: session files without a record are removed', async () => {
+    const live = await store!.createUpload('r');
+    await closeStore();
+    const orphan = randomUUID();
+    await writeFile(join(dir, 'uploads', orphan), 'orphaned bytes');
+    const s = await reopen();
+    assert.deepEqual((await readdir(join(dir, 'uploads'))).sort(), [live.id]);
+    await rejectsWith(s.getUpload('r', orphan), NotFoundError, 'BLOB_UPLOAD_UNKNOWN');
+    assert.deepEqual((await s.listUploads()).map((u) => u.id), [live.id]);
+  });
+
+  it('recovery: leftover files in ingest/ are removed on open', async () => {
+    await closeStore();
+    await writeFile(join(dir, 'ingest', randomUUID()), 'half a layer');
+    await mkdir(join(dir, 'ingest', 'nested'), { recursive: true });
+    await writeFile(join(dir, 'ingest', 'nested', 'x'), 'x');
+    const s = await reopen();
+    assert.deepEqual(await readdir(join(dir, 'ingest')), []);
+    assert.deepEqual(await s.stats(), { blobs: 0, bytes: 0 });
+  });
+
+  it('recovery: a blob file without a record is recorded on open', async () => {
+    await store!.writeBlob('r', chunks('known'), {});
+    await closeStore();
+    const data = Buffer.from('adopted blob bytes');
+    const digest = sha256(data);
+    await mkdir(join(blobPath(dir, digest), '..'), { recursive: true });
+    await writeFile(blobPath(dir, digest), data);
+    // Files that are not digests are ignored.
+    await mkdir(join(dir, 'blobs', 'sha256', 'zz'), { recursive: true });
+    await writeFile(join(dir, 'blobs', 'sha256', 'zz', 'not-a-digest'), 'x');
+
+    const s = await reopen();
+    assert.deepEqual(await s.statContent(digest), { digest, size: data.length });
+    assert.deepEqual(await s.stats(), { blobs: 2, bytes: 5 + data.length });
+    assert.ok((await readAll(s, digest)).equals(data));
+    assert.equal(await s.statBlob('r', digest), undefined, 'recorded, but linked into no repository');
+    assert.deepEqual(await s.mountBlob('r', digest, undefined), { digest, size: data.length });
+    assert.deepEqual(await s.stats(), { blobs: 2, bytes: 5 + data.length }, 'mounting the adopted blob does not count it twice');
+  });
+
+  it('recovery: a blob record whose file is gone is dropped from the totals', async () => {
+    const info = await store!.writeBlob('r', chunks('vanishing'), {});
+    await store!.writeBlob('r', chunks('staying'), {});
+    await closeStore();
+    await rm(blobPath(dir, info.digest));
+    const s = await reopen();
+    assert.equal(await s.statContent(info.digest), undefined);
+    assert.deepEqual(await s.stats(), { blobs: 1, bytes: 7 });
+  });
+});
