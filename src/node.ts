@@ -89,8 +89,14 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   let onIdle: (() => void) | undefined;
   const server: Server = createServer({ requestTimeout: 0, keepAliveTimeout: 65_000 }, (req, res) => {
     active++;
+    // While stopping, every response closes its connection, so keep-alive clients cannot hold the server open.
+    if (!accepting) res.setHeader('Connection', 'close');
+    res.once('finish', () => {
+      if (!accepting) server.closeIdleConnections();
+    });
     void handle(req, res).finally(() => {
       active--;
+      if (!accepting) server.closeIdleConnections();
       if (active === 0) onIdle?.();
     });
   });

@@ -1,13 +1,17 @@
 import Koa, { type Context, type Next } from 'koa';
 import type { Registry } from 'prom-client';
-import { OCI_STATUS, ShoalError, isShoalError } from '../oci/index.ts';
+import { AbortedError, OCI_STATUS, ShoalError, isShoalError } from '../oci/index.ts';
 import type { RegistryDeps, RegistryState } from './context.ts';
 import { matchRoute } from './routes.ts';
 
 /** Turns a thrown value into the OCI error it is. Unknown errors become INTERNAL, logged with their stack. */
 function toShoalError(err: unknown): ShoalError {
   if (isShoalError(err)) return err;
-  const e = err as { status?: number; expose?: boolean; message?: string };
+  const e = err as { status?: number; expose?: boolean; message?: string; code?: string };
+  // The client went away mid-request (Node reports a bare "aborted" / ECONNRESET): not a server fault.
+  if (e?.code === 'ECONNRESET' || e?.code === 'ERR_STREAM_PREMATURE_CLOSE' || e?.message === 'aborted') {
+    return new AbortedError('the client closed the connection before the request was complete');
+  }
   // Koa/http-errors thrown by the framework itself (e.g. malformed URLs) keep their 4xx status.
   if (typeof e?.status === 'number' && e.status >= 400 && e.status < 500 && e.expose) {
     const code = e.status === 413 ? 'PAYLOAD_TOO_LARGE' : e.status === 416 ? 'RANGE_INVALID' : 'UNSUPPORTED';

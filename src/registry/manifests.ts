@@ -79,7 +79,10 @@ export async function putManifest(ctx: Context, deps: RegistryDeps, p: RoutePara
   const bytes = await readSmallBody(ctx.req, deps.maxManifestBytes);
   deps.metrics.receivedBytes.inc({ kind: 'manifest' }, bytes.length);
   const parsed = parseManifest(bytes, ctx.get('Content-Type') || undefined);
-  const digest = Digest.of(bytes, ref.kind === 'digest' ? Digest.parse(ref.digest).algorithm : 'sha256').toString();
+  if (ref.kind === 'digest' && Digest.parse(ref.digest).algorithm !== 'sha256') {
+    throw new InvalidError('DIGEST_INVALID', `manifests are stored by sha256 on this node; push ${p.upstream} by tag or by its sha256 digest`, { digest: ref.digest });
+  }
+  const digest = Digest.of(bytes).toString();
   if (ref.kind === 'digest' && digest !== ref.digest) {
     throw new InvalidError('DIGEST_INVALID', `manifest body has digest ${digest}, not ${ref.digest} as the URL says`, { expected: ref.digest, actual: digest });
   }

@@ -4,10 +4,23 @@ import { AbortedError, NotFoundError, UnavailableError, isShoalError } from '../
 import type { ByteRange, ContentStore, Ingest, IoOptions } from '../store/index.ts';
 import type { PullMetrics } from './metrics.ts';
 import type { SeedSet } from './types.ts';
+import type { PeerNetwork, PullHint } from '../p2p/types.ts';
+import type { TokenBucket } from '../limits/token-bucket.ts';
+import { transferFromPeers, type PeerSource } from './peer-transfer.ts';
+import { rendezvousOrder } from './rendezvous.ts';
 
 export interface BlobFetchOptions {
   store: ContentStore;
-  seeds: SeedSet;
+  /** Undefined when this node has no seed for the blob's registry: peers only. */
+  seeds?: SeedSet;
+  /** The peer network, when P2P is on. */
+  network?: PeerNetwork;
+  /** What a rendezvous owner needs to pull the blob through for the cluster. */
+  pull: PullHint;
+  /** Chunks fetched from peers at once. */
+  parallelChunks?: number;
+  /** Caps the seed link, shared by every fetch of the node. */
+  seedRate?: TokenBucket;
   digest: string;
   /** Repository the blob is committed into. */
   repository: string;
@@ -96,57 +109,123 @@ export class BlobFetch {
     });
   }
 
+  private learnSize(size: number): void {
+    if (this.total === undefined) {
+      this.total = size;
+      this.resolveSize(size);
+    } else if (size !== this.total) {
+      throw new UnavailableError(`sources disagree on the size of ${this.digest}: ${size} and ${this.total} bytes`);
+    }
+  }
+
+  private async appendBytes(chunk: Uint8Array, source: 'peer' | 'seed', signal: AbortSignal): Promise<void> {
+    await this.ingest!.append(chunk, { signal });
+    this.written += chunk.length;
+    this.opts.metrics.pullBytes.inc({ source }, chunk.length);
+    this.notify();
+  }
+
   private async run(): Promise<void> {
-    const { store, seeds, digest, upstreamRepository, metrics, logger } = this.opts;
-    const maxAttempts = this.opts.maxAttempts ?? Math.max(3, seeds.seeds.length);
+    const { store, digest, logger } = this.opts;
     const signal = this.controller.signal;
     this.ingest = await store.openIngest({ signal });
-    const notFound = new Set<number>();
-    let attempt = 0;
-    let index = 0;
     try {
-      for (;;) {
-        const seed = seeds.seeds[index % seeds.seeds.length]!;
-        attempt++;
-        try {
-          const range: ByteRange | undefined = this.written > 0 && this.total !== undefined ? { start: this.written, end: this.total - 1 } : undefined;
-          const res = await seed.getBlob(upstreamRepository, digest, { signal, range });
-          if (this.total === undefined) {
-            this.total = res.size;
-            this.resolveSize(res.size);
-          } else if (res.size !== this.total) {
-            throw new UnavailableError(`seed ${seed.url} reports ${res.size} bytes for ${digest}, earlier ${this.total}`);
-          }
-          for await (const chunk of res.stream as AsyncIterable<Uint8Array>) {
-            await this.ingest.append(chunk, { signal });
-            this.written += chunk.length;
-            metrics.seedBytes.inc({ registry: seeds.registry }, chunk.length);
-            this.notify();
-          }
-          metrics.seedRequests.inc({ registry: seeds.registry, outcome: 'ok' });
-          break;
-        } catch (err) {
-          if (signal.aborted) throw new AbortedError('node is stopping');
-          const code = isShoalError(err) ? err.code : undefined;
-          const outcome = code === 'BLOB_UNKNOWN' ? 'not_found' : code === 'DIGEST_INVALID' ? 'corrupt' : 'error';
-          metrics.seedRequests.inc({ registry: seeds.registry, outcome });
-          logger.warn({ seed: seed.url, digest, attempt, written: this.written, err: (err as Error).message }, 'seed transfer failed');
-          if (outcome === 'corrupt') throw err;
-          if (outcome === 'not_found') {
-            notFound.add(index % seeds.seeds.length);
-            if (notFound.size >= seeds.seeds.length) {
-              throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is neither on this node nor on its seeds for ${seeds.registry}`, { digest });
-            }
-          }
-          if (attempt >= maxAttempts) throw err;
-          index++;
-        }
-      }
+      if (this.opts.network) await this.fromPeers(this.opts.network, signal);
+      if (this.total === undefined || this.written < this.total) await this.fromSeeds(signal);
       await this.ingest.commit(this.opts.repository, { digest, size: this.total }, { signal });
-      logger.info({ digest, size: this.total, registry: seeds.registry }, 'blob fetched from seed and committed');
+      logger.info({ digest, size: this.total }, 'blob fetched and committed');
     } catch (err) {
       await this.ingest.abort();
       throw err;
+    }
+  }
+
+  /**
+   * Peers first: holders of the whole blob, in parallel chunks. When nobody holds it, the rendezvous owner of the
+   * digest among the connected peers fetches it from its seed once and everyone else streams from the owner; the
+   * owner itself goes to the seed.
+   */
+  private async fromPeers(network: PeerNetwork, signal: AbortSignal): Promise<void> {
+    const { digest, logger } = this.opts;
+    const holders = network.holders(digest);
+    let sources: PeerSource[];
+    let chunkHashes: string[] | undefined;
+    let size: number | undefined;
+    if (holders.length > 0) {
+      sources = holders.map((peer) => ({ peer }));
+      for (const peer of holders.slice(0, 2)) {
+        try {
+          const map = await network.fetchChunkMap(peer, digest, { signal: AbortSignal.any([signal, AbortSignal.timeout(3_000)]) });
+          if (map) {
+            chunkHashes = map.chunks;
+            size = map.size;
+            break;
+          }
+        } catch (err) {
+          logger.debug({ peer, digest, err: (err as Error).message }, 'no chunk map from peer');
+        }
+      }
+    } else {
+      const order = rendezvousOrder(digest, [network.selfId, ...network.peers()]);
+      const owner = order[0];
+      if (owner === undefined || owner === network.selfId) return;
+      sources = [{ peer: owner, pull: this.opts.pull }];
+    }
+    await transferFromPeers({
+      network,
+      digest,
+      sources,
+      offset: this.written,
+      size,
+      chunkHashes,
+      parallel: this.opts.parallelChunks ?? 4,
+      append: (bytes) => this.appendBytes(bytes, 'peer', signal),
+      onSize: (n) => this.learnSize(n),
+      logger,
+      signal,
+    });
+  }
+
+  private async fromSeeds(signal: AbortSignal): Promise<void> {
+    const { seeds, digest, upstreamRepository, metrics, logger } = this.opts;
+    if (!seeds || seeds.seeds.length === 0) {
+      if (this.written > 0) throw new UnavailableError(`peers gave ${this.written} bytes of ${digest} and then went away, and this node has no seed for the rest`);
+      throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is neither on this node nor on its peers`, { digest });
+    }
+    const maxAttempts = this.opts.maxAttempts ?? Math.max(3, seeds.seeds.length);
+    const notFound = new Set<number>();
+    let attempt = 0;
+    let index = 0;
+    for (;;) {
+      const seed = seeds.seeds[index % seeds.seeds.length]!;
+      attempt++;
+      try {
+        const range: ByteRange | undefined = this.written > 0 && this.total !== undefined ? { start: this.written, end: this.total - 1 } : undefined;
+        const res = await seed.getBlob(upstreamRepository, digest, { signal, range });
+        this.learnSize(res.size);
+        for await (const chunk of res.stream as AsyncIterable<Uint8Array>) {
+          await this.opts.seedRate?.take(chunk.length, signal);
+          metrics.seedBytes.inc({ registry: seeds.registry }, chunk.length);
+          await this.appendBytes(chunk, 'seed', signal);
+        }
+        metrics.seedRequests.inc({ registry: seeds.registry, outcome: 'ok' });
+        return;
+      } catch (err) {
+        if (signal.aborted) throw new AbortedError('node is stopping');
+        const code = isShoalError(err) ? err.code : undefined;
+        const outcome = code === 'BLOB_UNKNOWN' ? 'not_found' : code === 'DIGEST_INVALID' ? 'corrupt' : 'error';
+        metrics.seedRequests.inc({ registry: seeds.registry, outcome });
+        logger.warn({ seed: seed.url, digest, attempt, written: this.written, err: (err as Error).message }, 'seed transfer failed');
+        if (outcome === 'corrupt') throw err;
+        if (outcome === 'not_found') {
+          notFound.add(index % seeds.seeds.length);
+          if (notFound.size >= seeds.seeds.length) {
+            throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is neither on this node nor on its seeds for ${seeds.registry}`, { digest });
+          }
+        }
+        if (attempt >= maxAttempts) throw err;
+        index++;
+      }
     }
   }
 

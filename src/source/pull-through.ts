@@ -1,9 +1,12 @@
 import type { Logger } from 'pino';
 import { AbortedError, NotFoundError, isShoalError, parseManifest, effectiveArtifactType } from '../oci/index.ts';
-import type { ContentStore, IoOptions, ManifestRecord } from '../store/index.ts';
+import type { ContentStore, IoOptions, ManifestRecord, TagRecord } from '../store/index.ts';
 import { BlobFetch } from './blob-fetch.ts';
 import type { PullMetrics } from './metrics.ts';
 import type { BlobResponse, SeedDirectory, SeedSet } from './types.ts';
+import type { ChunkRequest, PeerNetwork } from '../p2p/types.ts';
+import type { TokenBucket } from '../limits/token-bucket.ts';
+import { Digest } from '../oci/index.ts';
 
 /** Which repository a request is about: on this node, on the seed, and which registry (`?ns=`). */
 export interface RepositoryTarget {
@@ -24,6 +27,12 @@ export interface PullThroughOptions {
   logger: Logger;
   /** How long a tag waits for the seed before the last known digest answers. */
   tagTimeoutMs: number;
+  /** The peer network, when P2P is on. */
+  network?: PeerNetwork;
+  /** Chunks fetched from peers at once, per blob. */
+  parallelChunks?: number;
+  /** Caps the seed link (bytes per second), shared by every fetch. */
+  seedRate?: TokenBucket;
 }
 
 /**
@@ -51,7 +60,7 @@ export class PullThrough {
 
   /** Throws NAME_UNKNOWN when the repository is neither local nor pull-through. */
   async requireRepository(target: RepositoryTarget, opts: IoOptions = {}): Promise<void> {
-    if (this.seedsFor(target)) return;
+    if (this.seedsFor(target) || this.opts.network) return;
     if (!(await this.opts.store.repositoryExists(target.repository, opts))) {
       throw new NotFoundError('NAME_UNKNOWN', `repository ${target.repository} is not known to this node`, { name: target.repository });
     }
@@ -61,32 +70,97 @@ export class PullThrough {
 
   /** The manifest a reference names: a tag asks the seed first (short timeout), a digest is local first. */
   async manifest(target: RepositoryTarget, ref: ManifestReference, opts: IoOptions = {}): Promise<ManifestRecord> {
-    const { store } = this.opts;
+    const { store, network } = this.opts;
     const seeds = this.seedsFor(target);
     let digest: string | undefined;
+    let tagged: TagRecord | undefined;
     if (ref.kind === 'digest') digest = ref.digest;
     else {
       if (seeds) digest = await this.resolveTagFromSeed(target, seeds, ref.tag, opts);
-      digest ??= await store.resolveTag(target.repository, ref.tag, opts);
+      if (digest === undefined) {
+        tagged = await this.newestTagRecord(target, ref.tag, seeds, opts);
+        digest = tagged?.digest;
+      }
     }
     if (digest) {
       const local = await store.getManifest(target.repository, digest, opts);
-      if (local) return local;
-      if (seeds) return this.fetchManifest(target, seeds, digest, ref.kind === 'tag' ? ref.tag : undefined, opts);
+      if (local) {
+        if (ref.kind === 'tag') await this.retag(target, ref.tag, tagged ?? { digest, updated: Date.now() }, opts);
+        return local;
+      }
+      let record: ManifestRecord | undefined;
+      if (network) record = await this.manifestFromPeers(target, network, digest, opts);
+      if (!record && seeds) record = await this.fetchManifest(target, seeds, digest, opts);
+      if (record) {
+        if (ref.kind === 'tag') await this.retag(target, ref.tag, tagged ?? { digest, updated: Date.now() }, opts);
+        return record;
+      }
     }
     const shown = ref.kind === 'tag' ? ref.tag : ref.digest;
     throw new NotFoundError(
       'MANIFEST_UNKNOWN',
-      seeds
-        ? `manifest ${shown} is neither on this node nor on its seeds for ${seeds.registry}`
+      seeds || network
+        ? `manifest ${shown} of ${target.upstream} is neither on this node nor on its ${[network ? 'peers' : '', seeds ? `seeds for ${seeds.registry}` : ''].filter(Boolean).join(' or ')}`
         : `manifest ${shown} is not in repository ${target.repository}`,
       { name: target.repository, reference: shown },
     );
   }
 
+  /** Points a tag at a manifest when it points elsewhere (or nowhere) now. */
+  private async retag(target: RepositoryTarget, tag: string, record: TagRecord, opts: IoOptions): Promise<void> {
+    const current = await this.opts.store.getTag(target.repository, tag, opts);
+    if (current?.digest === record.digest) return;
+    await this.opts.store.setTag(target.repository, tag, record, opts);
+  }
+
+  /** The newest record of a tag in the cluster (this node and its peers); a log line says when one is used. */
+  private async newestTagRecord(target: RepositoryTarget, tag: string, seeds: SeedSet | undefined, opts: IoOptions): Promise<TagRecord | undefined> {
+    const { store, network, metrics, logger, tagTimeoutMs } = this.opts;
+    let best: (TagRecord & { peer?: string }) | undefined = await store.getTag(target.repository, tag, opts);
+    if (network) {
+      const signal = opts.signal ? AbortSignal.any([opts.signal, AbortSignal.timeout(tagTimeoutMs)]) : AbortSignal.timeout(tagTimeoutMs);
+      for (const r of await network.queryTag(target.repository, tag, { signal }).catch(() => [])) {
+        if (!best || r.updated > best.updated) best = r;
+      }
+    }
+    if (best) {
+      metrics.tagResolutions.inc({ via: 'cache' });
+      logger.warn(
+        { repository: target.repository, tag, digest: best.digest, from: best.peer ?? 'local', seed: seeds ? 'unreachable' : 'none' },
+        seeds ? 'seed unreachable: serving the newest digest of the tag known in the cluster' : 'tag resolved from the cluster',
+      );
+    }
+    return best;
+  }
+
+  /** A manifest by digest from a peer that holds it, verified before it is stored. */
+  private async manifestFromPeers(target: RepositoryTarget, network: PeerNetwork, digest: string, opts: IoOptions): Promise<ManifestRecord | undefined> {
+    for (const peer of network.holders(digest).slice(0, 3)) {
+      try {
+        const m = await network.fetchManifest(peer, digest, opts);
+        if (!m) continue;
+        const actual = Digest.of(m.bytes, Digest.parse(digest).algorithm).toString();
+        if (actual !== digest) {
+          network.ban(peer, `manifest ${digest} came back as ${actual}`);
+          continue;
+        }
+        const parsed = parseManifest(m.bytes, m.mediaType);
+        this.opts.metrics.pullBytes.inc({ source: 'peer' }, m.bytes.length);
+        return await this.opts.store.putManifest(
+          { repository: target.repository, bytes: m.bytes, mediaType: parsed.mediaType, subject: parsed.subject?.digest, artifactType: effectiveArtifactType(parsed), annotations: parsed.annotations },
+          opts,
+        );
+      } catch (err) {
+        if (opts.signal?.aborted) throw new AbortedError('client went away');
+        this.opts.logger.debug({ peer, digest, err: (err as Error).message }, 'manifest from peer failed');
+      }
+    }
+    return undefined;
+  }
+
   /** The seed's digest for a tag; undefined when no seed answered in time (then the cached tag answers). */
   private async resolveTagFromSeed(target: RepositoryTarget, seeds: SeedSet, tag: string, opts: IoOptions): Promise<string | undefined> {
-    const { store, metrics, logger, tagTimeoutMs } = this.opts;
+    const { metrics, logger, tagTimeoutMs } = this.opts;
     const signal = opts.signal ? AbortSignal.any([opts.signal, AbortSignal.timeout(tagTimeoutMs)]) : AbortSignal.timeout(tagTimeoutMs);
     let notFound = 0;
     for (const seed of seeds.seeds) {
@@ -103,30 +177,23 @@ export class PullThrough {
         else logger.warn({ seed: seed.url, repository: target.upstream, tag, err: (err as Error).message }, 'seed unreachable for tag lookup');
       }
     }
-    const cached = await store.resolveTag(target.repository, tag, opts);
-    if (cached && notFound < seeds.seeds.length) {
-      metrics.tagResolutions.inc({ via: 'cache' });
-      logger.warn({ repository: target.repository, tag, digest: cached, registry: seeds.registry }, 'seed unreachable: serving the last known digest of the tag');
-    }
-    return cached;
+    // No seed knows the tag (or none answered): the newest record in the cluster, if any, answers.
+    if (notFound === seeds.seeds.length) logger.info({ repository: target.upstream, tag, registry: seeds.registry }, 'tag not on the seeds; looking in the cluster');
+    return undefined;
   }
 
-  /** Fetches a manifest by digest from the seeds (verified by the client), stores it, tags it. Single-flight. */
-  private fetchManifest(target: RepositoryTarget, seeds: SeedSet, digest: string, tag: string | undefined, opts: IoOptions): Promise<ManifestRecord> {
+  /** Fetches a manifest by digest from the seeds (verified by the client) and stores it. Single-flight. */
+  private fetchManifest(target: RepositoryTarget, seeds: SeedSet, digest: string, opts: IoOptions): Promise<ManifestRecord> {
     const key = `${target.repository}@${digest}`;
     let flight = this.manifestFetches.get(key);
     if (!flight) {
       flight = this.fetchManifestOnce(target, seeds, digest).finally(() => this.manifestFetches.delete(key));
       this.manifestFetches.set(key, flight);
     }
-    return flight.then(async (record) => {
-      if (tag) await this.opts.store.putManifest({ repository: target.repository, bytes: await this.readAll(record.digest, opts), mediaType: record.mediaType, tag, subject: record.subject, artifactType: record.artifactType, annotations: record.annotations }, opts);
-      return record;
-    });
-  }
-
-  private async readAll(digest: string, opts: IoOptions): Promise<Buffer> {
-    return Buffer.concat((await (await this.opts.store.readContent(digest, undefined, opts)).toArray()) as Buffer[]);
+    if (!opts.signal) return flight;
+    const signal = opts.signal;
+    // The client may give up; the fetch others wait on goes on.
+    return Promise.race([flight, new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(new AbortedError('client went away')), { once: true }))]);
   }
 
   private async fetchManifestOnce(target: RepositoryTarget, seeds: SeedSet, digest: string): Promise<ManifestRecord> {
@@ -161,31 +228,68 @@ export class PullThrough {
   async blob(target: RepositoryTarget, digest: string, opts: IoOptions = {}): Promise<BlobResponse> {
     const { store } = this.opts;
     let info = await store.statBlob(target.repository, digest, opts);
-    // Content is content: a blob this node holds for another repository serves this one too.
-    if (!info && (await store.statContent(digest, opts))) info = await store.mountBlob(target.repository, digest, undefined, opts);
+    // In a mirror (seeds or peers), content is content: a blob held for another repository serves this one too.
+    // A plain registry repository keeps its own blob list, so a deleted blob stays deleted there.
+    if (!info && (this.seedsFor(target) || this.opts.network) && (await store.statContent(digest, opts))) {
+      info = await store.mountBlob(target.repository, digest, undefined, opts);
+    }
     if (info) {
       const size = info.size;
       return { size, source: 'local', open: (range, o) => store.readContent(digest, range, o) };
     }
     const seeds = this.seedsFor(target);
-    if (!seeds) throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${target.repository}`, { digest });
-    let fetch = this.fetches.get(digest);
-    if (!fetch) {
-      const created = new BlobFetch({
-        store,
-        seeds,
-        digest,
-        repository: target.repository,
-        upstreamRepository: target.upstream,
-        metrics: this.opts.metrics,
-        logger: this.opts.logger,
-      });
-      this.fetches.set(digest, created);
-      void created.done.catch(() => undefined).finally(() => this.fetches.delete(digest));
-      fetch = created;
+    const network = this.opts.network;
+    if (!seeds && !network) throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${target.repository}`, { digest });
+    const fetch = this.startFetch(target, digest, seeds);
+    const size = await fetch.size;
+    return { size, source: 'seed', open: async (range, o) => fetch.read(range, o) };
+  }
+
+  /** The fetch of a digest in flight, or a new one. */
+  private startFetch(target: RepositoryTarget, digest: string, seeds: SeedSet | undefined, usePeers = true): BlobFetch {
+    const existing = this.fetches.get(digest);
+    if (existing) return existing;
+    const created = new BlobFetch({
+      store: this.opts.store,
+      seeds,
+      network: usePeers ? this.opts.network : undefined,
+      pull: { namespace: target.namespace, repository: target.repository, upstream: target.upstream },
+      parallelChunks: this.opts.parallelChunks,
+      seedRate: this.opts.seedRate,
+      digest,
+      repository: target.repository,
+      upstreamRepository: target.upstream,
+      metrics: this.opts.metrics,
+      logger: this.opts.logger,
+    });
+    this.fetches.set(digest, created);
+    void created.done.catch(() => undefined).finally(() => this.fetches.delete(digest));
+    return created;
+  }
+
+  /**
+   * Serves a peer's chunk request: from the store, from a fetch in flight (the bytes verified so far, waiting for
+   * more), or, when the peer names this node as the rendezvous owner, by pulling the blob through from this node's
+   * seed. Undefined: not here (NOT_FOUND).
+   */
+  async peerRange(req: ChunkRequest, opts: IoOptions = {}): Promise<{ size: number; stream: AsyncIterable<Uint8Array> } | undefined> {
+    const { store } = this.opts;
+    const digest = Digest.parse(req.digest).toString();
+    const info = await store.statContent(digest, opts);
+    if (info) {
+      if (req.start >= info.size) return undefined;
+      return { size: info.size, stream: await store.readContent(digest, { start: req.start, end: Math.min(req.end, info.size - 1) }, opts) };
     }
-    const active = fetch;
-    const size = await active.size;
-    return { size, source: 'seed', open: async (range, o) => active.read(range, o) };
+    let fetch = this.fetches.get(digest);
+    if (!fetch && req.pull) {
+      const target: RepositoryTarget = { repository: req.pull.repository, upstream: req.pull.upstream, namespace: req.pull.namespace };
+      const seeds = this.seedsFor(target);
+      // Only a node that can reach a seed pulls for others; it asks no peer for this blob (it is the owner).
+      if (seeds) fetch = this.startFetch(target, digest, seeds, false);
+    }
+    if (!fetch) return undefined;
+    const size = await fetch.size;
+    if (req.start >= size) return undefined;
+    return { size, stream: fetch.read({ start: req.start, end: Math.min(req.end, size - 1) }, opts) };
   }
 }

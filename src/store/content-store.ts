@@ -11,6 +11,7 @@ import type {
   AppendOptions,
   BlobInfo,
   ByteRange,
+  ContentEvent,
   ContentStore,
   Ingest,
   IoOptions,
@@ -19,6 +20,7 @@ import type {
   PutManifestInput,
   ReferrerDescriptor,
   StoreStats,
+  TagRecord,
   UploadSession,
   WriteExpectation,
 } from './types.ts';
@@ -47,6 +49,7 @@ export class KvContentStore implements ContentStore {
   private readonly hashers = new Map<string, DigestHasher>();
   private readonly atimes = new Map<string, number>();
   private totals: StoreStats = { blobs: 0, bytes: 0 };
+  private readonly listeners = new Set<(event: ContentEvent) => void>();
   private opened = false;
 
   constructor(kv: KeyValueStore, bytes: BlobBytes) {
@@ -115,6 +118,27 @@ export class KvContentStore implements ContentStore {
     return { ...this.totals };
   }
 
+  async listContent(): Promise<BlobInfo[]> {
+    const out: BlobInfo[] = [];
+    for await (const [key, rec] of this.kv.entries<BlobRecord>(keys.blobPrefix())) out.push({ digest: key.slice(keys.blobPrefix().length), size: rec.size });
+    return out;
+  }
+
+  watch(listener: (event: ContentEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private emit(event: ContentEvent): void {
+    for (const l of this.listeners) {
+      try {
+        l(event);
+      } catch {
+        // a listener's failure is its own business
+      }
+    }
+  }
+
   // ---- blobs -------------------------------------------------------------------------------------
 
   async statContent(digest: string): Promise<BlobInfo | undefined> {
@@ -156,6 +180,7 @@ export class KvContentStore implements ContentStore {
     if (isNew) {
       this.totals.blobs++;
       this.totals.bytes += info.size;
+      this.emit({ type: 'added', digest: info.digest, size: info.size });
     }
   }
 
@@ -268,6 +293,7 @@ export class KvContentStore implements ContentStore {
       this.totals.blobs--;
       this.totals.bytes -= rec.size;
       this.atimes.delete(digest);
+      this.emit({ type: 'removed', digest, size: rec.size });
     }
   }
 
@@ -415,6 +441,19 @@ export class KvContentStore implements ContentStore {
 
   async resolveTag(repository: string, tag: string): Promise<string | undefined> {
     return (await this.kv.get<{ digest: string }>(keys.tag(repository, tag)))?.digest;
+  }
+
+  async getTag(repository: string, tag: string): Promise<TagRecord | undefined> {
+    return this.kv.get<TagRecord>(keys.tag(repository, tag));
+  }
+
+  async setTag(repository: string, tag: string, record: TagRecord): Promise<void> {
+    await this.digestLocks.run(record.digest, async () => {
+      if (!(await this.getManifest(repository, record.digest))) {
+        throw new NotFoundError('MANIFEST_UNKNOWN', `manifest ${record.digest} is not in repository ${repository}; it cannot be tagged`, { digest: record.digest });
+      }
+      await this.kv.batch([{ type: 'put', key: keys.tag(repository, tag), value: { digest: record.digest, updated: record.updated } }]);
+    });
   }
 
   async listTags(repository: string): Promise<string[]> {

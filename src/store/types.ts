@@ -129,6 +129,9 @@ export interface ManifestStore {
   putManifest(input: PutManifestInput, opts?: IoOptions): Promise<ManifestRecord>;
   getManifest(repository: string, digest: string, opts?: IoOptions): Promise<ManifestRecord | undefined>;
   resolveTag(repository: string, tag: string, opts?: IoOptions): Promise<string | undefined>;
+  getTag(repository: string, tag: string, opts?: IoOptions): Promise<TagRecord | undefined>;
+  /** Sets a tag to a stored manifest, keeping `updated` when given (a record learned from a peer). */
+  setTag(repository: string, tag: string, record: TagRecord, opts?: IoOptions): Promise<void>;
   listTags(repository: string, opts?: IoOptions): Promise<string[]>;
   /** Deletes the manifest and every tag that points to it. */
   deleteManifest(repository: string, digest: string, opts?: IoOptions): Promise<void>;
@@ -142,6 +145,19 @@ export interface ManifestStore {
   listRepositories(opts?: IoOptions): Promise<string[]>;
 }
 
+/** What changed in the store, for peers that keep an inventory of this node. */
+export interface ContentEvent {
+  type: 'added' | 'removed';
+  digest: string;
+  size: number;
+}
+
+export interface TagRecord {
+  digest: string;
+  /** When the tag was last set, ms since the epoch: the cluster's newest record wins. */
+  updated: number;
+}
+
 export interface StoreStats {
   blobs: number;
   bytes: number;
@@ -152,4 +168,8 @@ export interface ContentStore extends BlobReader, BlobIngester, UploadSessions, 
   open(opts?: IoOptions): Promise<void>;
   close(): Promise<void>;
   stats(opts?: IoOptions): Promise<StoreStats>;
+  /** Every committed blob (and manifest) digest with its size. */
+  listContent(opts?: IoOptions): Promise<BlobInfo[]>;
+  /** Calls `listener` after each blob that becomes or stops being stored; returns the unsubscribe function. */
+  watch(listener: (event: ContentEvent) => void): () => void;
 }

@@ -1,0 +1,70 @@
+/**
+ * A byte-rate limiter: `take(n)` resolves when `n` bytes may pass at `rate` bytes per second, with bursts of up
+ * to `burst` bytes. A rate of 0 means unlimited. Each instance keeps its own state.
+ */
+export class TokenBucket {
+  private readonly rate: number;
+  private readonly burst: number;
+  private tokens: number;
+  private last: number;
+  private queue: Promise<void> = Promise.resolve();
+
+  constructor(bytesPerSecond: number, burst = Math.max(bytesPerSecond / 4, 256 * 1024)) {
+    this.rate = bytesPerSecond;
+    this.burst = burst;
+    this.tokens = burst;
+    this.last = Date.now();
+  }
+
+  get unlimited(): boolean {
+    return this.rate <= 0;
+  }
+
+  /** Waits until `n` bytes may pass. Callers are served in order. */
+  take(n: number, signal?: AbortSignal): Promise<void> {
+    if (this.unlimited) return Promise.resolve();
+    const next = this.queue.then(() => this.wait(n, signal));
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  private async wait(n: number, signal?: AbortSignal): Promise<void> {
+    for (;;) {
+      const now = Date.now();
+      this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
+      this.last = now;
+      // A request bigger than the burst passes once the bucket is full, and leaves it in debt.
+      if (this.tokens >= Math.min(n, this.burst)) {
+        this.tokens -= n;
+        return;
+      }
+      const ms = Math.ceil(((Math.min(n, this.burst) - this.tokens) / this.rate) * 1000);
+      await new Promise<void>((resolve, reject) => {
+        const t = setTimeout(resolve, ms);
+        signal?.addEventListener(
+          'abort',
+          () => {
+            clearTimeout(t);
+            reject(signal.reason ?? new Error('aborted'));
+          },
+          { once: true },
+        );
+      });
+    }
+  }
+}
+
+/** Parses a rate such as `50M`, `100Mbit`, `2MiB` (per second) into bytes per second; 0 or empty is unlimited. */
+export function parseRate(value: string | number | undefined): number {
+  if (value === undefined || value === '' || value === 0 || value === '0') return 0;
+  if (typeof value === 'number') return value;
+  const m = /^(\d+(?:\.\d+)?)\s*(k|m|g)?(i?b|bit|bps)?(\/s)?$/i.exec(value.trim());
+  if (!m) throw new Error(`invalid rate ${JSON.stringify(value)}: use bytes per second such as 50M, 20MiB or 100Mbit`);
+  const n = Number(m[1]);
+  const unit = (m[2] ?? '').toLowerCase();
+  const binary = (m[3] ?? '').toLowerCase().startsWith('i');
+  const base = binary ? 1024 : 1000;
+  const mult = unit === 'k' ? base : unit === 'm' ? base ** 2 : unit === 'g' ? base ** 3 : 1;
+  const bits = /^(bit|bps)$/i.test(m[3] ?? '');
+  return Math.floor((n * mult) / (bits ? 8 : 1));
+}

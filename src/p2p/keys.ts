@@ -1,0 +1,52 @@
+import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys';
+import type { PrivateKey } from '@libp2p/interface';
+import { generateKey } from '@libp2p/pnet';
+
+/** The node's peer identity: an Ed25519 key kept in the data dir, so the peer id survives restarts. */
+export async function loadOrCreateIdentity(path: string): Promise<PrivateKey> {
+  const existing = await readFile(path).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return undefined;
+    throw err;
+  });
+  if (existing) {
+    try {
+      return privateKeyFromProtobuf(existing);
+    } catch (err) {
+      throw new Error(`peer identity ${path} is not a valid libp2p private key (${(err as Error).message}); move it away to create a new identity`);
+    }
+  }
+  const key = await generateKeyPair('Ed25519');
+  await mkdir(dirname(path), { recursive: true });
+  const tmp = `${path}.tmp`;
+  await writeFile(tmp, privateKeyToProtobuf(key), { mode: 0o600 });
+  await chmod(tmp, 0o600);
+  await rename(tmp, path);
+  return key;
+}
+
+const PSK_HEADER = '/key/swarm/psk/1.0.0/';
+
+/** Reads a cluster key (libp2p private-network PSK file: header, `/base16/`, 64 hex characters). */
+export async function readClusterKey(path: string): Promise<Uint8Array> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read the cluster key ${path}: ${(err as Error).message}`);
+  }
+  const lines = text.trim().split(/\r?\n/).map((l) => l.trim());
+  if (lines.length !== 3 || lines[0] !== PSK_HEADER || lines[1] !== '/base16/' || !/^[0-9a-fA-F]{64}$/.test(lines[2]!)) {
+    throw new Error(`cluster key ${path} is not a private-network key; create one with: shoal cluster-key --out ${path}`);
+  }
+  return new TextEncoder().encode(`${PSK_HEADER}\n/base16/\n${lines[2]!.toLowerCase()}\n`);
+}
+
+/** Writes a new random cluster key; every node of a cluster needs the same file. */
+export async function writeClusterKey(path: string): Promise<void> {
+  const bytes = new Uint8Array(95);
+  generateKey(bytes);
+  await mkdir(dirname(path), { recursive: true });
+  await writeFile(path, bytes, { mode: 0o600, flag: 'wx' });
+}
