@@ -1,8 +1,14 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, LOG_LEVELS } from '../src/config/index.ts';
 import { UsageError } from './errors.ts';
-import { serveCommand } from './serve.ts';
+import { serveCommand, type ServeFlags } from './serve.ts';
+import { clusterKeyCommand, peersCommand } from './peers.ts';
 import { containerdConfigCommand } from './containerd-config.ts';
+import { BUNDLE_REFUSED_EXIT_CODE, BundleRefusedError } from '../src/bundle/index.ts';
+import { exportCommand, type ExportFlags } from './export.ts';
+import { importCommand, type ImportFlags } from './import.ts';
+import { verifyCommand, type VerifyFlags } from './verify.ts';
+import { inventoryCommand, type InventoryFlags } from './inventory.ts';
 
 /** Builds the `shoal` program; each command only parses its flags and delegates to src/. */
 export function buildProgram(): Command {
@@ -21,8 +27,31 @@ export function buildProgram(): Command {
     .option('-c, --config <file>', 'YAML or JSON config file')
     .option('--seed <url>', 'seed registry to pull through for requests without ?ns= (repeatable) [env SHOAL_SEEDS, comma-separated]', (v: string, prev: string[] = []) => [...prev, v])
     .addOption(new Option('--log-level <level>', 'log level [default: info]').choices(LOG_LEVELS))
-    .action(async (opts: { data?: string; listen?: string; config?: string; logLevel?: string; seed?: string[] }) => {
+    .option('--p2p-listen <host:port>', 'address for the peer network (off when not given) [env SHOAL_P2P_LISTEN]')
+    .option('--cluster-key <file>', 'private-network key shared by every node (shoal cluster-key makes one) [env SHOAL_CLUSTER_KEY_FILE]')
+    .option('--peer <host:port>', 'a peer to dial, its id need not be known (repeatable) [env SHOAL_PEERS, comma-separated]', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--peers-dns <name>', 'DNS name whose addresses are peers, e.g. a headless Service [env SHOAL_PEERS_DNS]')
+    .option('--mdns', 'find peers by mDNS on a flat LAN')
+    .option('--zone <label>', 'topology label; peers with the same label are preferred [env SHOAL_ZONE]')
+    .option('--max-peer-upload <rate>', 'cap on serving peers, e.g. 50M or 400Mbit (per second) [default: none]')
+    .option('--max-seed-rate <rate>', 'cap on the seed link, e.g. 10M or 80Mbit (per second) [default: none]')
+    .action(async (opts: ServeFlags) => {
       await serveCommand(opts);
+    });
+  program
+    .command('cluster-key')
+    .description('create a private-network key file; give the same file to every node of the cluster')
+    .requiredOption('--out <file>', 'where to write the key (refuses to overwrite)')
+    .action(async (opts: { out: string }) => {
+      await clusterKeyCommand(opts);
+    });
+  program
+    .command('peers')
+    .description("list a running node's peers: address, RTT, throughput and bytes exchanged")
+    .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
+    .option('--json', 'print JSON')
+    .action(async (opts: { node: string; json?: boolean }) => {
+      await peersCommand(opts);
     });
   program
     .command('containerd-config')
@@ -36,7 +65,79 @@ export function buildProgram(): Command {
     .action(async (opts: { registry?: string[]; mirror?: string; out: string; all?: boolean; restore?: boolean; dialTimeout?: string }) => {
       await containerdConfigCommand(opts);
     });
+  addBundleCommands(program);
   return program;
+}
+
+const repeatable = (v: string, prev: string[] = []): string[] => [...prev, v];
+
+/** Registry access options, the same as a seed's. */
+function withRegistryAccess(cmd: Command, what: string): Command {
+  return cmd
+    .option('--username <user>', `username for ${what}`)
+    .option('--password <password>', `password for ${what} (or --password-stdin)`)
+    .option('--password-stdin', 'read the password from standard input')
+    .option('--ca-file <pem>', `CA certificate to trust for ${what}`)
+    .option('--insecure-skip-verify', `accept any TLS certificate from ${what} (test setups only)`);
+}
+
+/** export, import, verify, inventory: sneakernet bundles (src/bundle). */
+function addBundleCommands(program: Command): void {
+  withRegistryAccess(
+    program
+      .command('export')
+      .description('write images into one bundle file (an OCI image layout tar) to carry to an air-gapped site')
+      .argument('[ref...]', 'images, e.g. registry.local/team/app:1.2 or nginx:1.27')
+      .requiredOption('-o, --output <file>', 'the bundle file to write')
+      .option('--images-file <file>', 'more images, one reference per line (# comments allowed)')
+      .option('--from <url>', 'registry to read the images from (default: https://<registry of the images>)')
+      .option('--data <dir>', 'read from the data directory of a stopped node instead')
+      .option('--platform <os/arch,...>', 'only these platforms of multi-platform images, e.g. linux/amd64,linux/arm64')
+      .option('--have <inventory>', 'leave out the blobs listed in this file (from `shoal inventory` on the site)')
+      .option('--sign <key.pem>', 'sign the bundle with this ed25519 private key')
+      .option('--split <size>', 'write parts of at most this size (e.g. 4G, 700M) plus FILE.parts.json')
+      .option('--no-referrers', 'leave out signatures, SBOMs and other referrers')
+      .option('--json', 'print progress and the result as JSON lines on stdout'),
+    'the --from registry',
+  ).action(async (refs: string[], opts: ExportFlags) => {
+    await exportCommand(refs, opts);
+  });
+  withRegistryAccess(
+    program
+      .command('import')
+      .description('put the images of a bundle (or of a docker save / skopeo oci-archive tar) into a node')
+      .argument('<file>', 'the bundle: FILE, or FILE.parts.json of a split bundle')
+      .option('--node <url>', 'a running node, e.g. http://127.0.0.1:5000')
+      .option('--data <dir>', 'the data directory of a stopped node (created if missing)')
+      .option('--trust <pubkey.pem>', 'refuse the bundle unless this ed25519 key signed it (repeatable)', repeatable)
+      .option('--repository <registry/repository>', 'for tars that name images by a bare tag or not at all: the repository to put them in')
+      .option('--json', 'print progress and the result as JSON lines on stdout'),
+    'the node',
+  ).action(async (file: string, opts: ImportFlags) => {
+    await importCommand(file, opts);
+  });
+  program
+    .command('verify')
+    .description('check a bundle completely (every file, digest and the signature) without importing it')
+    .argument('<file>', 'the bundle: FILE, or FILE.parts.json of a split bundle')
+    .option('--trust <pubkey.pem>', 'require a signature by this ed25519 key (repeatable)', repeatable)
+    .option('--repository <registry/repository>', 'as for import, for tars with bare tags')
+    .option('--json', 'print progress and the result as JSON lines on stdout')
+    .action(async (file: string, opts: VerifyFlags) => {
+      await verifyCommand(file, opts);
+    });
+  withRegistryAccess(
+    program
+      .command('inventory')
+      .description('write what a site already has (blob digests) for `shoal export --have` on the connected side')
+      .requiredOption('-o, --output <file>', 'the inventory file to write')
+      .option('--node <url>', 'a running node, e.g. http://127.0.0.1:5000')
+      .option('--data <dir>', 'the data directory of a stopped node')
+      .option('--json', 'print the result as JSON on stdout'),
+    'the node',
+  ).action(async (opts: InventoryFlags) => {
+    await inventoryCommand(opts);
+  });
 }
 
 /** Runs the CLI and returns the process exit code. */
@@ -46,6 +147,10 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    if (err instanceof BundleRefusedError) {
+      process.stderr.write(`shoal: bundle refused: ${err.message}\n`);
+      return BUNDLE_REFUSED_EXIT_CODE;
+    }
     if (err instanceof ConfigError || err instanceof UsageError) {
       process.stderr.write(`shoal: ${err.message}\n`);
       return 2;

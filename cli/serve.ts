@@ -7,6 +7,14 @@ export interface ServeFlags {
   config?: string;
   logLevel?: string;
   seed?: string[];
+  p2pListen?: string;
+  clusterKey?: string;
+  peer?: string[];
+  peersDns?: string;
+  mdns?: boolean;
+  zone?: string;
+  maxPeerUpload?: string;
+  maxSeedRate?: string;
 }
 
 /** `shoal serve`: starts a node and runs until SIGTERM or SIGINT. */
@@ -14,7 +22,20 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
   const config = await loadConfig({
     file: flags.config ?? process.env.SHOAL_CONFIG,
     env: process.env,
-    flags: { dataDir: flags.data, listen: flags.listen, logLevel: flags.logLevel as LogLevel | undefined, seeds: flags.seed },
+    flags: {
+      dataDir: flags.data,
+      listen: flags.listen,
+      logLevel: flags.logLevel as LogLevel | undefined,
+      seeds: flags.seed,
+      p2pListen: flags.p2pListen,
+      clusterKeyFile: flags.clusterKey,
+      peers: flags.peer,
+      peersDns: flags.peersDns,
+      mdns: flags.mdns,
+      zone: flags.zone,
+      maxPeerUpload: flags.maxPeerUpload,
+      maxSeedRate: flags.maxSeedRate,
+    },
   });
   const node = await startNode(config);
   await new Promise<void>((resolve) => {

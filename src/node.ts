@@ -1,9 +1,14 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
+import './polyfill.ts';
 import { parseListen, type ShoalConfig } from './config/index.ts';
+import { TokenBucket, parseRate } from './limits/token-bucket.ts';
+import { readClusterKey } from './p2p/keys.ts';
+import { PeerService } from './p2p/peer-service.ts';
+import { PeerContentProvider } from './source/peer-provider.ts';
 import { createLogger } from './logger.ts';
 import { createRegistryApp } from './registry/app.ts';
 import { RegistryMetrics } from './registry/metrics.ts';
@@ -52,6 +57,8 @@ export interface ShoalNode {
   readonly store: ContentStore;
   readonly metrics: Registry;
   readonly logger: Logger;
+  /** The peer network, when P2P is on. */
+  readonly peers?: PeerService;
   stop(): Promise<void>;
 }
 
@@ -68,7 +75,43 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   const metrics = new RegistryMetrics(metricsRegistry, () => store.stats());
   const pullMetrics = new PullMetrics(metricsRegistry);
   const seeds = new ConfiguredSeeds(config, logger);
-  const pull = new PullThrough({ store, seeds, metrics: pullMetrics, logger, tagTimeoutMs: config.tagTimeoutMs });
+  const pull = new PullThrough({
+    store,
+    seeds,
+    metrics: pullMetrics,
+    logger,
+    tagTimeoutMs: config.tagTimeoutMs,
+    parallelChunks: config.parallelChunks,
+    seedRate: new TokenBucket(parseRate(config.maxSeedRate)),
+  });
+  let peers: PeerService | undefined;
+  if (config.p2pListen) {
+    peers = new PeerService({
+      listen: parseListen(config.p2pListen, 'p2pListen'),
+      clusterKey: await readClusterKey(config.clusterKeyFile),
+      identityFile: join(dataDir, 'p2p', 'identity.key'),
+      bootstrap: config.peers,
+      peersDns: config.peersDns || undefined,
+      mdns: config.mdns,
+      zone: config.zone || undefined,
+      maxUploadRate: parseRate(config.maxPeerUpload),
+      maxChunkStreams: config.maxChunkStreams,
+      banMs: 5 * 60_000,
+      provider: new PeerContentProvider(store, pull),
+      logger,
+      metrics: metricsRegistry,
+    });
+    try {
+      await peers.start();
+    } catch (err) {
+      await peers.stop().catch(() => undefined);
+      await seeds.close();
+      await store.close();
+      throw err;
+    }
+    pull.connectNetwork(peers);
+  }
+  const peerService = peers;
   let accepting = true;
   const app = createRegistryApp({
     deps: {
@@ -80,6 +123,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       maxManifestBytes: config.maxManifestBytes,
       deleteEnabled: config.deleteEnabled,
       ready: () => accepting,
+      peerStatus: peerService ? () => ({ enabled: true, self: peerService.selfId, addresses: peerService.addresses(), peers: peerService.summary() }) : undefined,
     },
     metricsRegistry,
   });
@@ -115,6 +159,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       });
     });
   } catch (err) {
+    await peerService?.stop();
     await seeds.close();
     await store.close();
     throw err;
@@ -139,6 +184,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       // Handlers see their sockets close and finish their store work (commit, roll back or keep the session).
       if (active > 0) await new Promise<void>((ok) => (onIdle = ok));
       await pull.stop();
+      await peerService?.stop();
       await seeds.close();
       await store.close();
       logger.info('stopped');
@@ -146,5 +192,5 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     })();
     return stopping;
   };
-  return { port: bound, url, store, metrics: metricsRegistry, logger, stop };
+  return { port: bound, url, store, metrics: metricsRegistry, logger, peers: peerService, stop };
 }

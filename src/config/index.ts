@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
+import { parseRate } from '../limits/token-bucket.ts';
 
 /** Log levels pino understands, plus `silent`. */
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
@@ -35,6 +36,26 @@ export interface ShoalConfig {
   registries: Record<string, SeedConfig[]>;
   /** How long a tag lookup waits for a seed before answering from the last known digest, in ms. */
   tagTimeoutMs: number;
+  /** HOST:PORT for the peer network; empty: this node runs without peers. */
+  p2pListen: string;
+  /** File holding the cluster's private-network key (every node needs the same); required with p2pListen. */
+  clusterKeyFile: string;
+  /** HOST:PORT of peers to dial. */
+  peers: string[];
+  /** A DNS name whose addresses are peers (a Kubernetes headless Service); empty: none. */
+  peersDns: string;
+  /** Find peers by mDNS on the local network. */
+  mdns: boolean;
+  /** Topology label (e.g. the node's zone); peers with the same label are preferred. */
+  zone: string;
+  /** Cap on bytes per second served to peers, e.g. 50M or 400Mbit; 0: none. */
+  maxPeerUpload: string;
+  /** Cap on bytes per second fetched from seeds, e.g. 10M or 80Mbit; 0: none. */
+  maxSeedRate: string;
+  /** Chunk streams served to peers at once; more are told to come back later. */
+  maxChunkStreams: number;
+  /** Chunks fetched from peers at once for one blob. */
+  parallelChunks: number;
 }
 
 export function defaultConfig(): ShoalConfig {
@@ -48,6 +69,16 @@ export function defaultConfig(): ShoalConfig {
     seeds: [],
     registries: {},
     tagTimeoutMs: 2_000,
+    p2pListen: '',
+    clusterKeyFile: '',
+    peers: [],
+    peersDns: '',
+    mdns: false,
+    zone: '',
+    maxPeerUpload: '0',
+    maxSeedRate: '0',
+    maxChunkStreams: 32,
+    parallelChunks: 4,
   };
 }
 
@@ -69,7 +100,7 @@ export function parseListen(value: string, setting = 'listen'): ListenAddress {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
-const KEYS: Record<keyof ShoalConfig, 'string' | 'number' | 'boolean' | 'seeds' | 'registries'> = {
+const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' | 'boolean' | 'seeds' | 'registries'> = {
   dataDir: 'string',
   listen: 'string',
   logLevel: 'string',
@@ -79,6 +110,16 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'number' | 'boolean' | 'seeds' 
   seeds: 'seeds',
   registries: 'registries',
   tagTimeoutMs: 'number',
+  p2pListen: 'optional',
+  clusterKeyFile: 'optional',
+  peers: 'list',
+  peersDns: 'optional',
+  mdns: 'boolean',
+  zone: 'optional',
+  maxPeerUpload: 'optional',
+  maxSeedRate: 'optional',
+  maxChunkStreams: 'number',
+  parallelChunks: 'number',
 };
 
 function seedList(value: unknown, origin: string): SeedConfig[] {
@@ -115,8 +156,25 @@ function coerce(key: keyof ShoalConfig, value: unknown, origin: string): unknown
   const kind = KEYS[key];
   if (kind === 'seeds') return seedList(value, `${key} (${origin})`);
   if (kind === 'registries') {
+    if (typeof value === 'string') {
+      try {
+        value = JSON.parse(value);
+      } catch {
+        throw new ConfigError(`${key} (${origin}): expected JSON such as {"docker.io":["https://registry-1.docker.io"]}`);
+      }
+    }
     if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new ConfigError(`${key} (${origin}): expected a mapping of registry host to seeds`);
     return Object.fromEntries(Object.entries(value).map(([host, seeds]) => [host, seedList(seeds, `${key}.${host} (${origin})`)]));
+  }
+  if (kind === 'optional') {
+    if (typeof value === 'number') return String(value);
+    if (typeof value !== 'string') throw new ConfigError(`${key} (${origin}): expected a string`);
+    return value;
+  }
+  if (kind === 'list') {
+    const items = typeof value === 'string' ? value.split(',').map((v) => v.trim()).filter(Boolean) : value;
+    if (!Array.isArray(items) || items.some((v) => typeof v !== 'string')) throw new ConfigError(`${key} (${origin}): expected a list of strings`);
+    return items;
   }
   if (kind === 'number') {
     const n = typeof value === 'string' ? Number(value) : value;
@@ -146,6 +204,19 @@ export function validateConfig(config: ShoalConfig): ShoalConfig {
   if (!(LOG_LEVELS as readonly string[]).includes(config.logLevel)) {
     throw new ConfigError(`logLevel: ${JSON.stringify(config.logLevel)} is not one of ${LOG_LEVELS.join(', ')}`);
   }
+  if (config.p2pListen) {
+    parseListen(config.p2pListen, 'p2pListen');
+    if (!config.clusterKeyFile) throw new ConfigError('p2pListen needs clusterKeyFile (--cluster-key FILE): the private-network key every node of the cluster shares; create one with: shoal cluster-key --out FILE');
+  }
+  for (const peer of config.peers) parseListen(peer, 'peers');
+  for (const key of ['maxPeerUpload', 'maxSeedRate'] as const) {
+    try {
+      parseRate(config[key]);
+    } catch (err) {
+      throw new ConfigError(`${key}: ${(err as Error).message}`);
+    }
+  }
+  if (config.parallelChunks < 1 || config.maxChunkStreams < 1) throw new ConfigError('parallelChunks and maxChunkStreams must be at least 1');
   if (config.maxManifestBytes < 4 * 1024 * 1024) throw new ConfigError('maxManifestBytes: must be at least 4194304 (4 MiB), as the OCI spec requires');
   return config;
 }

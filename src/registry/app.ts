@@ -118,6 +118,11 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
       ctx.body = { status: ready ? 'ready' : 'stopping' };
       return;
     }
+    if (ctx.path === '/shoal/peers') {
+      state.route = 'peers';
+      ctx.body = deps.peerStatus ? deps.peerStatus() : { enabled: false, peers: [] };
+      return;
+    }
     if (ctx.path === '/metrics') {
       state.route = 'metrics';
       ctx.type = metricsRegistry.contentType;

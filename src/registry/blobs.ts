@@ -37,7 +37,8 @@ export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams):
   ctx.length = length;
   ctx.body = countBytes(stream, (n) => {
     deps.metrics.servedBytes.inc({ kind: 'blob' }, n);
-    deps.pullMetrics.pullBytes.inc({ source: info.source }, n);
+    // Fetched bytes are counted by the fetch as they arrive (from peers or the seed), once however many clients.
+    if (info.source === 'local') deps.pullMetrics.pullBytes.inc({ source: 'local' }, n);
   });
 }
 

@@ -14,6 +14,8 @@ export interface RegistryDeps {
   pull: PullThrough;
   maxManifestBytes: number;
   deleteEnabled: boolean;
+  /** This node's peers for `GET /shoal/peers` (undefined: P2P is off). */
+  peerStatus?: () => unknown;
   /** True while the node accepts work; /readyz reports it. */
   ready: () => boolean;
 }

@@ -10,7 +10,7 @@ export class PullMetrics {
   constructor(registry: Registry) {
     this.pullBytes = new Counter({
       name: 'shoal_pull_bytes_total',
-      help: 'Blob bytes served to clients, by where this node got them: local store, peers, or the seed',
+      help: 'Blob bytes for clients by source: served from the local store (local), or obtained from peers (peer) or seeds (seed) once per fetch',
       labelNames: ['source'],
       registers: [registry],
     });

@@ -45,7 +45,12 @@ export class PullThrough {
   private readonly manifestFetches = new Map<string, Promise<ManifestRecord>>();
 
   constructor(opts: PullThroughOptions) {
-    this.opts = opts;
+    this.opts = { ...opts };
+  }
+
+  /** Joins the peer network once it is up (it needs this pull path to serve, so it comes second). */
+  connectNetwork(network: PeerNetwork): void {
+    this.opts.network = network;
   }
 
   /** Stops fetches in flight (their clients get an error) and waits for them to clean up. */

@@ -1,0 +1,114 @@
+import { readFile } from 'node:fs/promises';
+import { parseReference } from '../src/oci/index.ts';
+import {
+  RegistryImageSource,
+  StoreImageSource,
+  describeExport,
+  exportBundle,
+  loadSigningKey,
+  openNodeStore,
+  parseInventory,
+  parsePlatforms,
+  parseSize,
+  type ImageSource,
+} from '../src/bundle/index.ts';
+import { UsageError } from './errors.ts';
+import { checkUrl, commandProgress, interruptSignal, printResult, registryAccess, reportFailure, type RegistryAccessFlags } from './bundle-options.ts';
+
+export interface ExportFlags extends RegistryAccessFlags {
+  output: string;
+  imagesFile?: string;
+  from?: string;
+  data?: string;
+  platform?: string;
+  have?: string;
+  sign?: string;
+  split?: string;
+  referrers?: boolean;
+  json?: boolean;
+}
+
+/** `shoal export REF... -o FILE`: parses flags and delegates to src/bundle. */
+export async function exportCommand(refs: string[], flags: ExportFlags): Promise<void> {
+  const references = [...refs];
+  if (flags.imagesFile) {
+    let text: string;
+    try {
+      text = await readFile(flags.imagesFile, 'utf8');
+    } catch (err) {
+      throw new UsageError(`cannot read --images-file ${flags.imagesFile}: ${(err as Error).message}`);
+    }
+    for (const line of text.split('\n')) {
+      const ref = line.replace(/#.*$/, '').trim();
+      if (ref) references.push(ref);
+    }
+  }
+  if (references.length === 0) throw new UsageError('name the images to export (shoal export REF... -o FILE, or --images-file FILE)');
+  for (const r of references) {
+    try {
+      parseReference(r);
+    } catch (err) {
+      throw new UsageError(`${JSON.stringify(r)} is not an image reference: ${(err as Error).message}`);
+    }
+  }
+  if (flags.from && flags.data) throw new UsageError('give --from URL (a registry) or --data DIR (a stopped node), not both');
+  let from = flags.from;
+  if (!from && !flags.data) {
+    // Without --from, the images come from their own registry (one registry for all of them).
+    const hosts = new Set(references.map((r) => parseReference(r).registry));
+    if (hosts.size !== 1 || hosts.has('docker.io')) {
+      throw new UsageError('give --from URL (the registry to read the images from) or --data DIR (the data directory of a stopped node)');
+    }
+    from = `https://${[...hosts][0]}`;
+  }
+  let platforms;
+  let splitSize;
+  try {
+    platforms = flags.platform ? parsePlatforms(flags.platform) : undefined;
+    splitSize = flags.split ? parseSize(flags.split) : undefined;
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (splitSize !== undefined && splitSize < 1024 * 1024) throw new UsageError('--split must be at least 1M');
+  let have;
+  if (flags.have) {
+    try {
+      have = parseInventory(await readFile(flags.have), flags.have);
+    } catch (err) {
+      throw new UsageError(`--have: ${(err as Error).message}`);
+    }
+  }
+  let signingKey;
+  try {
+    signingKey = flags.sign ? await loadSigningKey(flags.sign) : undefined;
+  } catch (err) {
+    throw new UsageError(`--sign: ${(err as Error).message}`);
+  }
+  const access = await registryAccess(flags);
+  const interrupt = interruptSignal();
+  let source: ImageSource;
+  if (flags.data) source = new StoreImageSource(await openNodeStore(flags.data, { create: false, signal: interrupt.signal }), flags.data);
+  else source = new RegistryImageSource({ url: checkUrl(from!, '--from'), ...access });
+  const progress = commandProgress(flags.json);
+  try {
+    const result = await exportBundle({
+      references,
+      source,
+      output: flags.output,
+      platforms,
+      have,
+      signingKey,
+      splitSize,
+      referrers: flags.referrers,
+      progress,
+      signal: interrupt.signal,
+    });
+    printResult(flags.json, describeExport(result), { operation: 'export', ...result });
+  } catch (err) {
+    reportFailure(flags.json, err);
+    throw err;
+  } finally {
+    interrupt.release();
+    await source.close();
+  }
+}

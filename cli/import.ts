@@ -1,0 +1,54 @@
+import { basename } from 'node:path';
+import { NodeTarget, StoreTarget, describeImport, importBundle, loadTrustedKey, openBundleInput, openNodeStore, type BundleTarget } from '../src/bundle/index.ts';
+import { UsageError } from './errors.ts';
+import { checkUrl, commandProgress, interruptSignal, printResult, registryAccess, reportFailure, type RegistryAccessFlags } from './bundle-options.ts';
+
+export interface ImportFlags extends RegistryAccessFlags {
+  node?: string;
+  data?: string;
+  trust?: string[];
+  repository?: string;
+  json?: boolean;
+}
+
+export async function trustedKeys(files: string[] | undefined) {
+  try {
+    return await Promise.all((files ?? []).map((f) => loadTrustedKey(f)));
+  } catch (err) {
+    throw new UsageError(`--trust: ${(err as Error).message}`);
+  }
+}
+
+/** `shoal import FILE`: parses flags and delegates to src/bundle. */
+export async function importCommand(file: string, flags: ImportFlags): Promise<void> {
+  if (flags.node && flags.data) throw new UsageError('give --node URL (a running node) or --data DIR (a stopped node), not both');
+  if (!flags.node && !flags.data) {
+    throw new UsageError('say where to import: --node URL (a running node, e.g. http://127.0.0.1:5000) or --data DIR (the data directory of a stopped node)');
+  }
+  const trust = await trustedKeys(flags.trust);
+  const access = await registryAccess(flags);
+  const input = await openBundleInput(file);
+  const interrupt = interruptSignal();
+  let target: BundleTarget;
+  if (flags.data) target = new StoreTarget(await openNodeStore(flags.data, { create: true, signal: interrupt.signal }), flags.data);
+  else target = new NodeTarget({ url: checkUrl(flags.node!, '--node'), ...access });
+  const progress = commandProgress(flags.json);
+  try {
+    const result = await importBundle({
+      input,
+      target,
+      trust,
+      repository: flags.repository,
+      progress,
+      pinReason: `bundle ${basename(input.name)} imported ${new Date().toISOString()}`,
+      signal: interrupt.signal,
+    });
+    printResult(flags.json, describeImport(result, false), { operation: 'import', ...result });
+  } catch (err) {
+    reportFailure(flags.json, err);
+    throw err;
+  } finally {
+    interrupt.release();
+    await target.close();
+  }
+}

@@ -1,0 +1,75 @@
+import { writeClusterKey } from '../src/p2p/keys.ts';
+import { UsageError } from './errors.ts';
+
+/** `shoal cluster-key --out FILE` */
+export async function clusterKeyCommand(flags: { out: string }): Promise<void> {
+  try {
+    await writeClusterKey(flags.out);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new UsageError(`${flags.out} exists; refusing to overwrite a cluster key (every node must keep the same one)`);
+    throw err;
+  }
+  process.stdout.write(`wrote ${flags.out}; give this file to every node (--cluster-key ${flags.out})\n`);
+}
+
+interface PeerRow {
+  id: string;
+  addresses: string[];
+  rttMs?: number;
+  throughput?: number;
+  bytesIn: number;
+  bytesOut: number;
+  zone?: string;
+  blobs: number;
+  bannedUntil?: number;
+}
+
+function human(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let n = bytes;
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
+}
+
+/** `shoal peers`: asks a running node for its peer table. */
+export async function peersCommand(flags: { node: string; json?: boolean }): Promise<void> {
+  let res: Response;
+  try {
+    res = await fetch(new URL('/shoal/peers', flags.node), { signal: AbortSignal.timeout(5_000) });
+  } catch (err) {
+    throw new Error(`cannot reach the node at ${flags.node}: ${(err as Error).message} (is it running? pass --node URL)`);
+  }
+  if (!res.ok) throw new Error(`the node at ${flags.node} answered ${res.status}`);
+  const body = (await res.json()) as { enabled: boolean; self?: string; addresses?: string[]; peers: PeerRow[] };
+  if (flags.json) {
+    process.stdout.write(JSON.stringify(body, null, 2) + '\n');
+    return;
+  }
+  if (!body.enabled) {
+    process.stdout.write('this node runs without peers (start it with --p2p-listen and --cluster-key)\n');
+    return;
+  }
+  process.stdout.write(`self ${body.self}\n  ${(body.addresses ?? []).join('\n  ')}\n`);
+  if (body.peers.length === 0) {
+    process.stdout.write('no peers connected\n');
+    return;
+  }
+  const rows = body.peers.map((p) => [
+    p.id.slice(-12),
+    p.addresses[0] ?? '-',
+    p.rttMs === undefined ? '-' : `${p.rttMs} ms`,
+    p.throughput === undefined ? '-' : `${human(p.throughput)}/s`,
+    human(p.bytesIn),
+    human(p.bytesOut),
+    String(p.blobs),
+    p.zone ?? '-',
+    p.bannedUntil ? `banned until ${new Date(p.bannedUntil).toISOString()}` : 'ok',
+  ]);
+  const header = ['PEER', 'ADDRESS', 'RTT', 'THROUGHPUT', 'RECEIVED', 'SENT', 'BLOBS', 'ZONE', 'STATE'];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  for (const r of [header, ...rows]) process.stdout.write(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n');
+}
