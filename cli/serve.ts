@@ -37,15 +37,24 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
       maxSeedRate: flags.maxSeedRate,
     },
   });
-  const node = await startNode(config);
-  await new Promise<void>((resolve) => {
-    const onSignal = (signal: string): void => {
-      node.logger.info({ signal }, 'signal received');
-      process.off('SIGTERM', onSignal);
-      process.off('SIGINT', onSignal);
-      void node.stop().then(resolve, resolve);
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-  });
+  // Signals are handled from the start: one that arrives while the node starts stops it as soon as it is up.
+  const startup = new AbortController();
+  let received: string | undefined;
+  let onSignalled: (() => void) | undefined;
+  const onSignal = (signal: string): void => {
+    received ??= signal;
+    startup.abort(new Error(`${signal} during startup`));
+    onSignalled?.();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    const node = await startNode(config, { signal: startup.signal });
+    if (!received) await new Promise<void>((resolve) => (onSignalled = resolve));
+    node.logger.info({ signal: received }, 'signal received');
+    await node.stop();
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
 }

@@ -414,8 +414,16 @@ export class KvContentStore implements ContentStore {
     const info: BlobInfo = { digest: Digest.of(input.bytes).toString(), size: input.bytes.length };
     if (!(await this.statContent(info.digest))) await this.writeBlob(repository, [input.bytes], info, opts);
     return this.digestLocks.run(info.digest, async () => {
+      // A delete of the same manifest may have removed the bytes since they were written: write them again.
       if ((await this.bytes.size(info.digest)) === undefined) {
-        throw new ShoalError('UNAVAILABLE', `manifest ${info.digest} was deleted while it was being written; retry`);
+        const file = await this.bytes.ingest();
+        try {
+          await file.append(input.bytes);
+          await file.commit(info.digest);
+        } catch (err) {
+          await file.discard();
+          throw err;
+        }
       }
       const record: ManifestRecord = { digest: info.digest, mediaType: input.mediaType, size: info.size, created: Date.now() };
       if (input.subject) record.subject = input.subject;
