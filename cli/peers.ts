@@ -1,5 +1,6 @@
 import { writeClusterKey } from '../src/p2p/keys.ts';
 import { UsageError } from './errors.ts';
+import type { PeerSummary } from '../src/p2p/types.ts';
 
 /** `shoal cluster-key --out FILE` */
 export async function clusterKeyCommand(flags: { out: string }): Promise<void> {
@@ -12,17 +13,7 @@ export async function clusterKeyCommand(flags: { out: string }): Promise<void> {
   process.stdout.write(`wrote ${flags.out}; give this file to every node (--cluster-key ${flags.out})\n`);
 }
 
-interface PeerRow {
-  id: string;
-  addresses: string[];
-  rttMs?: number;
-  throughput?: number;
-  bytesIn: number;
-  bytesOut: number;
-  zone?: string;
-  blobs: number;
-  bannedUntil?: number;
-}
+type PeerRow = PeerSummary;
 
 function human(bytes: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];

@@ -122,7 +122,8 @@ export class PeerService implements PeerNetwork {
     const { listen, clusterKey, logger } = this.opts;
     const privateKey = await loadOrCreateIdentity(this.opts.identityFile);
     const listenAddr = listen.host.includes(':') ? `/ip6/${listen.host}/tcp/${listen.port}` : `/ip4/${listen.host}/tcp/${listen.port}`;
-    const streamOptions = { maxReadBufferLength: 32 * 1024 * 1024, maxStreamWindowSize: 4 * 1024 * 1024 };
+    // A whole chunk fits in a stream's first window, so a chunk costs one round trip (gotchas: notes on yamux).
+    const streamOptions = { initialStreamWindowSize: 8 * 1024 * 1024, maxStreamWindowSize: 16 * 1024 * 1024, maxReadBufferLength: 40 * 1024 * 1024 };
     this.node = (await createLibp2p({
       privateKey,
       addresses: { listen: [listenAddr] },

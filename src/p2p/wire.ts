@@ -5,7 +5,7 @@ import type { IoOptions } from '../store/index.ts';
 /** Largest frame on Shoal protocols: a chunk piece or a JSON message (manifests are up to 4 MiB). */
 export const MAX_FRAME = 5 * 1024 * 1024;
 /** Data frames carry at most this much of a chunk. */
-export const DATA_FRAME = 256 * 1024;
+export const DATA_FRAME = 262144;
 
 export function framed(stream: Stream): LengthPrefixedStream<Stream> {
   return lpStream(stream, { maxDataLength: MAX_FRAME, maxBufferSize: 4 * MAX_FRAME });

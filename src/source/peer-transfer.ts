@@ -27,6 +27,8 @@ export interface PeerTransferOptions {
   onSize: (size: number) => void;
   logger: Logger;
   signal: AbortSignal;
+  /** A chunk that takes longer than this is asked from the next peer (default 60 s). */
+  chunkTimeoutMs?: number;
 }
 
 interface ChunkResult {
@@ -57,7 +59,9 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
       if (signal.aborted) throw new AbortedError();
       const began = Date.now();
       try {
-        const res = await network.fetchRange(source.peer, { digest, start, end, pull: source.pull }, { signal });
+        // A stalled peer must not hold the client: each chunk has a deadline, then the next peer is asked.
+        const deadline = AbortSignal.any([signal, AbortSignal.timeout(opts.chunkTimeoutMs ?? 60_000)]);
+        const res = await network.fetchRange(source.peer, { digest, start, end, pull: source.pull }, { signal: deadline });
         const parts: Uint8Array[] = [];
         for await (const p of res.stream) parts.push(p);
         const bytes = Buffer.concat(parts);
