@@ -1,8 +1,9 @@
 import { readFile } from 'node:fs/promises';
-import { parseReference } from '../src/oci/index.ts';
 import {
   RegistryImageSource,
   StoreImageSource,
+  checkImageReference,
+  defaultSourceUrl,
   describeExport,
   exportBundle,
   loadSigningKey,
@@ -46,20 +47,15 @@ export async function exportCommand(refs: string[], flags: ExportFlags): Promise
   if (references.length === 0) throw new UsageError('name the images to export (shoal export REF... -o FILE, or --images-file FILE)');
   for (const r of references) {
     try {
-      parseReference(r);
+      checkImageReference(r);
     } catch (err) {
-      throw new UsageError(`${JSON.stringify(r)} is not an image reference: ${(err as Error).message}`);
+      throw new UsageError((err as Error).message);
     }
   }
   if (flags.from && flags.data) throw new UsageError('give --from URL (a registry) or --data DIR (a stopped node), not both');
-  let from = flags.from;
+  const from = flags.from ?? (flags.data ? undefined : defaultSourceUrl(references));
   if (!from && !flags.data) {
-    // Without --from, the images come from their own registry (one registry for all of them).
-    const hosts = new Set(references.map((r) => parseReference(r).registry));
-    if (hosts.size !== 1 || hosts.has('docker.io')) {
-      throw new UsageError('give --from URL (the registry to read the images from) or --data DIR (the data directory of a stopped node)');
-    }
-    from = `https://${[...hosts][0]}`;
+    throw new UsageError('give --from URL (the registry to read the images from) or --data DIR (the data directory of a stopped node)');
   }
   let platforms;
   let splitSize;
@@ -105,8 +101,9 @@ export async function exportCommand(refs: string[], flags: ExportFlags): Promise
     });
     printResult(flags.json, describeExport(result), { operation: 'export', ...result });
   } catch (err) {
-    reportFailure(flags.json, err);
-    throw err;
+    const failure = interrupt.signal.aborted ? new Error(`interrupted; no bundle was written (${flags.output} is as it was)`) : err;
+    reportFailure(flags.json, failure);
+    throw failure;
   } finally {
     interrupt.release();
     await source.close();

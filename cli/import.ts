@@ -45,8 +45,9 @@ export async function importCommand(file: string, flags: ImportFlags): Promise<v
     });
     printResult(flags.json, describeImport(result, false), { operation: 'import', ...result });
   } catch (err) {
-    reportFailure(flags.json, err);
-    throw err;
+    const failure = interrupt.signal.aborted ? new Error('interrupted; what was imported so far is kept: run the same command again to finish (nothing is written twice)') : err;
+    reportFailure(flags.json, failure);
+    throw failure;
   } finally {
     interrupt.release();
     await target.close();

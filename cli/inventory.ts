@@ -1,5 +1,4 @@
-import { rename, writeFile } from 'node:fs/promises';
-import { RegistryInventorySource, StoreInventorySource, formatBytes, openNodeStore, takeInventory } from '../src/bundle/index.ts';
+import { RegistryInventorySource, StoreInventorySource, formatBytes, openNodeStore, saveInventory, takeInventory } from '../src/bundle/index.ts';
 import { UsageError } from './errors.ts';
 import { checkUrl, interruptSignal, registryAccess, type RegistryAccessFlags } from './bundle-options.ts';
 
@@ -21,12 +20,10 @@ export async function inventoryCommand(flags: InventoryFlags): Promise<void> {
     : new RegistryInventorySource({ url: checkUrl(flags.node!, '--node'), ...access });
   try {
     const inventory = await takeInventory(source, { signal: interrupt.signal });
-    const text = JSON.stringify(inventory, null, 1) + '\n';
-    await writeFile(`${flags.output}.partial`, text);
-    await rename(`${flags.output}.partial`, flags.output);
+    const size = await saveInventory(inventory, flags.output);
     const bytes = inventory.blobs.reduce((n, b) => n + b.size, 0);
     if (flags.json) process.stdout.write(JSON.stringify({ event: 'done', operation: 'inventory', output: flags.output, images: Object.keys(inventory.images).length, blobs: inventory.blobs.length, bytes }) + '\n');
-    else process.stdout.write(`${Object.keys(inventory.images).length} image(s), ${inventory.blobs.length} blob(s) (${formatBytes(bytes)}) on ${source.description}\nwrote ${flags.output} (${formatBytes(text.length)}); carry it to the connected side and run: shoal export ... --have ${flags.output}\n`);
+    else process.stdout.write(`${Object.keys(inventory.images).length} image(s), ${inventory.blobs.length} blob(s) (${formatBytes(bytes)}) on ${source.description}\nwrote ${flags.output} (${formatBytes(size)}); carry it to the connected side and run: shoal export ... --have ${flags.output}\n`);
   } finally {
     interrupt.release();
     await source.close();

@@ -1,14 +1,13 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, LOG_LEVELS } from '../src/config/index.ts';
 import { UsageError } from './errors.ts';
-import { serveCommand, type ServeFlags } from './serve.ts';
-import { clusterKeyCommand, peersCommand } from './peers.ts';
+import type { ServeFlags } from './serve.ts';
 import { containerdConfigCommand } from './containerd-config.ts';
-import { BUNDLE_REFUSED_EXIT_CODE, BundleRefusedError } from '../src/bundle/index.ts';
-import { exportCommand, type ExportFlags } from './export.ts';
-import { importCommand, type ImportFlags } from './import.ts';
-import { verifyCommand, type VerifyFlags } from './verify.ts';
-import { inventoryCommand, type InventoryFlags } from './inventory.ts';
+import { BUNDLE_REFUSED_EXIT_CODE, BundleRefusedError } from '../src/bundle/errors.ts';
+import type { ExportFlags } from './export.ts';
+import type { ImportFlags } from './import.ts';
+import type { VerifyFlags } from './verify.ts';
+import type { InventoryFlags } from './inventory.ts';
 
 /** Builds the `shoal` program; each command only parses its flags and delegates to src/. */
 export function buildProgram(): Command {
@@ -36,6 +35,7 @@ export function buildProgram(): Command {
     .option('--max-peer-upload <rate>', 'cap on serving peers, e.g. 50M or 400Mbit (per second) [default: none]')
     .option('--max-seed-rate <rate>', 'cap on the seed link, e.g. 10M or 80Mbit (per second) [default: none]')
     .action(async (opts: ServeFlags) => {
+      const { serveCommand } = await import('./serve.ts');
       await serveCommand(opts);
     });
   program
@@ -43,6 +43,7 @@ export function buildProgram(): Command {
     .description('create a private-network key file; give the same file to every node of the cluster')
     .requiredOption('--out <file>', 'where to write the key (refuses to overwrite)')
     .action(async (opts: { out: string }) => {
+      const { clusterKeyCommand } = await import('./peers.ts');
       await clusterKeyCommand(opts);
     });
   program
@@ -51,6 +52,7 @@ export function buildProgram(): Command {
     .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
     .option('--json', 'print JSON')
     .action(async (opts: { node: string; json?: boolean }) => {
+      const { peersCommand } = await import('./peers.ts');
       await peersCommand(opts);
     });
   program
@@ -81,7 +83,7 @@ function withRegistryAccess(cmd: Command, what: string): Command {
     .option('--insecure-skip-verify', `accept any TLS certificate from ${what} (test setups only)`);
 }
 
-/** export, import, verify, inventory: sneakernet bundles (src/bundle). */
+/** export, import, verify, inventory: sneakernet bundles (src/bundle), loaded only when one of them runs. */
 function addBundleCommands(program: Command): void {
   withRegistryAccess(
     program
@@ -100,7 +102,7 @@ function addBundleCommands(program: Command): void {
       .option('--json', 'print progress and the result as JSON lines on stdout'),
     'the --from registry',
   ).action(async (refs: string[], opts: ExportFlags) => {
-    await exportCommand(refs, opts);
+    await (await import('./export.ts')).exportCommand(refs, opts);
   });
   withRegistryAccess(
     program
@@ -114,7 +116,7 @@ function addBundleCommands(program: Command): void {
       .option('--json', 'print progress and the result as JSON lines on stdout'),
     'the node',
   ).action(async (file: string, opts: ImportFlags) => {
-    await importCommand(file, opts);
+    await (await import('./import.ts')).importCommand(file, opts);
   });
   program
     .command('verify')
@@ -124,7 +126,7 @@ function addBundleCommands(program: Command): void {
     .option('--repository <registry/repository>', 'as for import, for tars with bare tags')
     .option('--json', 'print progress and the result as JSON lines on stdout')
     .action(async (file: string, opts: VerifyFlags) => {
-      await verifyCommand(file, opts);
+      await (await import('./verify.ts')).verifyCommand(file, opts);
     });
   withRegistryAccess(
     program
@@ -136,7 +138,7 @@ function addBundleCommands(program: Command): void {
       .option('--json', 'print the result as JSON on stdout'),
     'the node',
   ).action(async (opts: InventoryFlags) => {
-    await inventoryCommand(opts);
+    await (await import('./inventory.ts')).inventoryCommand(opts);
   });
 }
 

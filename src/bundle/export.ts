@@ -335,7 +335,8 @@ export async function exportBundle(opts: ExportOptions): Promise<ExportResult> {
     2 * TAR_BLOCK;
 
   const writer = new BundleFileWriter(opts.output, opts.splitSize);
-  const pack = tar.pack();
+  // A deep buffer between the tar and the disk, so reading the source and writing the file overlap.
+  const pack = tar.pack({ highWaterMark: 8 * 1024 * 1024 });
   const writing = pipeline(
     pack as unknown as NodeJS.ReadableStream,
     async function* count(source: AsyncIterable<string | Buffer>) {
@@ -386,7 +387,7 @@ export async function exportBundle(opts: ExportOptions): Promise<ExportResult> {
     pack.destroy();
     await writing.catch(() => undefined);
     await writer.discard();
-    progress.finish();
+    progress.finish(true);
     throw err;
   }
   const parts = await writer.commit(created);

@@ -171,6 +171,11 @@ export class BundleFileWriter extends Writable {
     this.writeChunk(chunk).then(() => done(), done);
   }
 
+  /** Network reads arrive in small pieces: what piled up while the disk was busy goes in one write. */
+  override _writev(chunks: Array<{ chunk: Buffer }>, done: (err?: Error | null) => void): void {
+    this.writeChunk(chunks.length === 1 ? chunks[0]!.chunk : Buffer.concat(chunks.map((c) => c.chunk))).then(() => done(), done);
+  }
+
   private async writeChunk(chunk: Buffer): Promise<void> {
     let offset = 0;
     while (offset < chunk.length) {

@@ -14,7 +14,6 @@
  * again after an interruption, only writes what is missing.
  */
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar, { type Header as TarHeader } from 'tar-stream';
@@ -276,7 +275,7 @@ class BundleReader {
       extract.destroy();
       await feeding;
       // A part that failed its hash, or a truncated file, is the cause; the tar error only follows from it.
-      throw tarFailure(feedError instanceof BundleRefusedError ? feedError : err, this.current);
+      throw tarFailure(isShoalError(feedError) ? feedError : err, this.current);
     }
     await feeding;
     if (feedError) throw tarFailure(feedError, this.current);
@@ -810,19 +809,22 @@ class BundleReader {
         this.progress.event({ event: 'image', reference: plan.reference, digest: plan.digest, action: 'verified' });
         continue;
       }
-      let changed = [...plan.blobs].some((d) => this.writtenDigests.has(d));
+      const wrote = [...plan.blobs].some((d) => this.writtenDigests.has(d));
+      let changed = wrote;
       for (const digest of plan.blobs) {
         if (!(await this.target.linkBlob(plan.repository, digest, { signal }))) {
           throw new BundleRefusedError('incomplete', `blob ${digest} of ${plan.reference} disappeared from ${this.target.description} during the import; run the import again`);
         }
       }
+      // A lookup on a running node may go on to its peers and seeds: worth it only when nothing new arrived.
+      const look = this.target.cheapLookups || !wrote;
       // Children and referrers (already dependency-ordered), then the image itself under its tag.
       for (const m of plan.manifests) {
-        if (await this.target.hasManifest(plan.repository, m.digest, { signal })) continue;
+        if (look && (await this.target.hasManifest(plan.repository, m.digest, { signal }))) continue;
         await this.target.putManifest(plan.repository, m.digest, m.bytes, m.mediaType, { signal });
         changed = true;
       }
-      const existed = await this.target.hasManifest(plan.repository, plan.digest, { signal });
+      const existed = look && (await this.target.hasManifest(plan.repository, plan.digest, { signal }));
       if (!existed) changed = true;
       if (plan.tag) {
         // A target that cannot tell where a tag points gets the (idempotent) PUT every time.
@@ -839,7 +841,7 @@ class BundleReader {
       for (const r of plan.referrers) pinned = (await this.target.pin(plan.repository, r, reason, { signal })) && pinned;
       if (!pinned && !pinWarned) {
         pinWarned = true;
-        this.warn(`${this.target.description} offers no way to pin images through its API yet: the imported images are not pinned (import into a stopped node with --data DIR to pin them)`);
+        this.warn(`${this.target.description} is not a Shoal node and cannot pin images: they were imported but not pinned`);
       }
       const action = changed ? 'imported' : 'unchanged';
       out.push({ reference: plan.reference, repository: plan.repository, tag: plan.tag, digest: plan.digest, action, referrers: plan.referrers.length, pinned });
@@ -854,9 +856,12 @@ export async function importBundle(opts: ImportOptions): Promise<ImportResult> {
   const progress = opts.progress ?? new SilentProgress();
   progress.start(opts.target.keepsContent ? 'import' : 'verify', opts.input.size);
   try {
-    return await new BundleReader({ ...opts, progress }).run();
-  } finally {
+    const result = await new BundleReader({ ...opts, progress }).run();
     progress.finish();
+    return result;
+  } catch (err) {
+    progress.finish(true);
+    throw err;
   }
 }
 

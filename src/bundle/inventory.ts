@@ -4,6 +4,7 @@
  * (running, through its API; or stopped, through its store): manifests, their children, their referrers,
  * and the configs and layers they name.
  */
+import { rename, writeFile } from 'node:fs/promises';
 import { Digest, MediaType, parseDescriptor, parseManifest, type Descriptor } from '../oci/index.ts';
 import type { ContentStore, IoOptions } from '../store/index.ts';
 import { MANIFEST_ACCEPT } from '../upstream/index.ts';
@@ -136,4 +137,12 @@ export async function takeInventory(source: InventorySource, opts: IoOptions & {
     images,
     blobs: list,
   };
+}
+
+/** Writes an inventory file (through a temporary name, so a half-written file never has the real name). */
+export async function saveInventory(inventory: Inventory, file: string): Promise<number> {
+  const text = JSON.stringify(inventory, null, 1) + '\n';
+  await writeFile(`${file}.partial`, text);
+  await rename(`${file}.partial`, file);
+  return Buffer.byteLength(text);
 }

@@ -17,8 +17,8 @@ export interface ProgressReporter {
   /** `bytes` more were moved. */
   advance(bytes: number): void;
   event(e: BundleEvent): void;
-  /** Stops timers and draws the last state. Safe to call twice. */
-  finish(): void;
+  /** Stops timers and draws the last state (`failed`: the operation stopped short). Safe to call twice. */
+  finish(failed?: boolean): void;
 }
 
 export type Clock = () => number;
@@ -152,17 +152,17 @@ abstract class TimedReporter implements ProgressReporter {
 
   abstract event(e: BundleEvent): void;
   protected abstract onStart(total?: number): void;
-  protected abstract draw(s: ProgressSnapshot, final: boolean): void;
+  protected abstract draw(s: ProgressSnapshot, final: boolean, failed?: boolean): void;
 
   private tick(): void {
     if (this.meter) this.draw(this.meter.snapshot(), false);
   }
 
-  finish(): void {
+  finish(failed = false): void {
     if (this.finished) return;
     this.finished = true;
     if (this.timer) clearInterval(this.timer);
-    if (this.meter) this.draw(this.meter.snapshot(), true);
+    if (this.meter) this.draw(this.meter.snapshot(), true, failed);
   }
 }
 
@@ -176,7 +176,7 @@ export class TerminalProgress extends TimedReporter {
   }
   protected onStart(): void {}
   protected draw(s: ProgressSnapshot, final: boolean): void {
-    const line = renderBar(this.operation, s, this.out.columns ?? 80);
+    const line = renderBar(this.operation, s, this.out.columns || 80);
     this.out.write(`\r\x1b[2K${line}${final ? '\n' : ''}`);
     this.drawn = !final;
   }
@@ -198,8 +198,8 @@ export class LineProgress extends TimedReporter {
   protected onStart(total?: number): void {
     this.out.write(`${this.operation}: started${total !== undefined ? `, ${formatSize(total)} to go` : ''}\n`);
   }
-  protected draw(s: ProgressSnapshot, final: boolean): void {
-    this.out.write(`${this.operation}: ${final ? 'finished ' : ''}${describeSnapshot(s)}\n`);
+  protected draw(s: ProgressSnapshot, final: boolean, failed?: boolean): void {
+    this.out.write(`${this.operation}: ${final ? (failed ? 'stopped at ' : 'finished ') : ''}${describeSnapshot(s)}\n`);
   }
   event(e: BundleEvent): void {
     if (e.event === 'warning') this.out.write(`warning: ${e.message}\n`);

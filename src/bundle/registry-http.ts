@@ -151,7 +151,8 @@ export class RegistryHttp {
       if (err instanceof ShoalError) throw err;
       if (req.signal?.aborted) throw new AbortedError(`${req.method} ${url.pathname} on ${this.url} was interrupted`);
       const code = (err as { code?: string; cause?: { code?: string } }).code ?? (err as { cause?: { code?: string } }).cause?.code;
-      const why = timeout?.aborted ? `no answer within ${this.timeoutMs} ms` : `${(err as Error).message}${code ? ` [${code}]` : ''}`;
+      const hint = code === 'ECONNREFUSED' ? ' (is it running, and are the host and port right?)' : '';
+      const why = timeout?.aborted ? `no answer within ${this.timeoutMs} ms` : `${(err as Error).message}${code ? ` [${code}]` : ''}${hint}`;
       throw new UnavailableError(`${this.url} is unavailable for ${req.method} ${url.pathname}: ${why}`, { url: this.url });
     }
   }

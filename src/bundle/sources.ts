@@ -9,6 +9,7 @@ import {
   MediaType,
   NotFoundError,
   isShoalError,
+  formatReference,
   parseDescriptor,
   type Descriptor,
   type Reference,
@@ -82,9 +83,25 @@ export class RegistryImageSource implements ImageSource {
     this.description = `registry ${this.seed.url}`;
   }
 
+  /**
+   * On a Shoal node, what it pulled through or imported lives under `<registry>/<repository>`; elsewhere the
+   * repository is as the reference says. The node's name goes first: asked for the plain name, a node would
+   * go to its seeds.
+   */
   async resolve(ref: Reference, opts: IoOptions = {}): Promise<ResolvedImage> {
-    const digest = ref.digest ?? (await this.seed.resolveTag(ref.repository, ref.tag!, opts)).digest;
-    return { repository: ref.repository, digest };
+    const repositories = [storeRepository(ref), ref.repository];
+    for (const [i, repository] of repositories.entries()) {
+      try {
+        const digest = ref.digest ?? (await this.seed.resolveTag(repository, ref.tag!, opts)).digest;
+        if (ref.digest) await this.seed.getManifest(repository, ref.digest, opts);
+        return { repository, digest };
+      } catch (err) {
+        // Registries with token auth often answer 401/403 for a repository that does not exist.
+        const missing = isShoalError(err) && ['MANIFEST_UNKNOWN', 'NAME_UNKNOWN', 'NAME_INVALID', 'UNAUTHORIZED', 'DENIED'].includes(err.code);
+        if (!missing || i === repositories.length - 1) throw err;
+      }
+    }
+    throw new NotFoundError('MANIFEST_UNKNOWN', `${formatReference(ref)} is not in ${this.description}`);
   }
 
   async getManifest(repository: string, digest: string, opts: IoOptions = {}): Promise<ManifestContent> {

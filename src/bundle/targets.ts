@@ -20,6 +20,8 @@ export interface BundleTarget {
   readonly description: string;
   /** False for verification: nothing is kept, every blob is hashed. */
   readonly keepsContent: boolean;
+  /** True when hasManifest and resolveTag only look at local records (a running node may ask further). */
+  readonly cheapLookups: boolean;
   /** True when the blob is there already (the site had it, or an earlier run of the import wrote it). */
   hasBlob(digest: string, opts?: IoOptions): Promise<boolean>;
   /** Streams a blob in; it becomes visible only if it has the expected size (and digest). */
@@ -42,6 +44,7 @@ export interface BundleTarget {
 export class StoreTarget implements BundleTarget {
   readonly description: string;
   readonly keepsContent = true;
+  readonly cheapLookups = true;
   private readonly store: ContentStore;
 
   constructor(store: ContentStore, dataDir: string) {
@@ -109,6 +112,7 @@ export class StoreTarget implements BundleTarget {
 export class NodeTarget implements BundleTarget {
   readonly description: string;
   readonly keepsContent = true;
+  readonly cheapLookups = false;
   private readonly http: RegistryHttp;
   /** Upload sessions a missed mount opened, used for the blob's upload. */
   private readonly sessions = new Map<string, string>();
@@ -129,9 +133,10 @@ export class NodeTarget implements BundleTarget {
     throw new UnavailableError(message);
   }
 
-  /** A mount from anywhere on the node: 201 means present; 202 opened a session instead. */
-  private async mount(repository: string, digest: string, opts: IoOptions): Promise<{ present: true } | { present: false; location: string }> {
-    const answer = await this.http.send({ method: 'POST', path: `/v2/${repository}/blobs/uploads/?mount=${encodeURIComponent(digest)}`, repository, push: true, signal: opts.signal });
+  /** A mount (from `from`, or from anywhere on the node): 201 means present; 202 opened a session instead. */
+  private async mount(repository: string, digest: string, opts: IoOptions, from?: string): Promise<{ present: true } | { present: false; location: string }> {
+    const query = `mount=${encodeURIComponent(digest)}${from ? `&from=${encodeURIComponent(from)}` : ''}`;
+    const answer = await this.http.send({ method: 'POST', path: `/v2/${repository}/blobs/uploads/?${query}`, repository, push: true, signal: opts.signal });
     if (answer.status === 201) return { present: true };
     if (answer.status === 202 && answer.headers.location) return { present: false, location: answer.headers.location };
     return this.fail(`a mount of ${digest} into ${repository}`, answer);
@@ -192,13 +197,18 @@ export class NodeTarget implements BundleTarget {
   }
 
   async linkBlob(repository: string, digest: string, opts: IoOptions = {}): Promise<boolean> {
-    const r = await this.mount(repository, digest, opts);
-    if (!r.present) await this.cancel(r.location, opts);
-    return r.present;
+    // Every blob the import saw is in staging; a mount without `from` (anywhere on the node) is the fallback.
+    for (const from of [STAGING_REPOSITORY, undefined]) {
+      const r = await this.mount(repository, digest, opts, from);
+      if (r.present) return true;
+      await this.cancel(r.location, opts);
+    }
+    return false;
   }
 
   async resolveTag(): Promise<string | undefined> {
-    // A tag lookup on a node may go to its seed; the manifest PUT is idempotent, so it is simply sent.
+    // A tag lookup on a node asks its seed first; the manifest PUT is idempotent, so it is simply sent.
+    // (So a tag that moves back to a manifest the node already has is reported as unchanged.)
     return undefined;
   }
 
@@ -220,9 +230,18 @@ export class NodeTarget implements BundleTarget {
     if (answer.status !== 201) this.fail(`manifest ${repository}:${reference}`, answer);
   }
 
-  async pin(): Promise<boolean> {
-    // The registry API has no pin operation yet; the import says so.
-    return false;
+  async pin(repository: string, digest: string, reason: string, opts: IoOptions = {}): Promise<boolean> {
+    const answer = await this.http.send({
+      method: 'PUT',
+      path: `/shoal/pins/${repository}@${digest}?reason=${encodeURIComponent(reason)}`,
+      repository,
+      push: true,
+      signal: opts.signal,
+    });
+    // A registry that is not a Shoal node has no pins: the import says so.
+    if (answer.status === 404 || answer.status === 405) return false;
+    if (answer.status !== 201) this.fail(`pin of ${repository}@${digest}`, answer);
+    return true;
   }
 
   async releaseStaging(digests: string[], opts: IoOptions = {}): Promise<void> {
@@ -244,6 +263,7 @@ export class NodeTarget implements BundleTarget {
 export class VerifyTarget implements BundleTarget {
   readonly description = 'verification';
   readonly keepsContent = false;
+  readonly cheapLookups = true;
 
   async hasBlob(): Promise<boolean> {
     return false;

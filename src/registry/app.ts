@@ -3,6 +3,7 @@ import type { Registry } from 'prom-client';
 import { AbortedError, OCI_STATUS, ShoalError, isShoalError } from '../oci/index.ts';
 import type { RegistryDeps, RegistryState } from './context.ts';
 import { matchRoute } from './routes.ts';
+import { handlePins } from './pins.ts';
 
 /** Turns a thrown value into the OCI error it is. Unknown errors become INTERNAL, logged with their stack. */
 function toShoalError(err: unknown): ShoalError {
@@ -121,6 +122,12 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
     if (ctx.path === '/shoal/peers') {
       state.route = 'peers';
       ctx.body = deps.peerStatus ? deps.peerStatus() : { enabled: false, peers: [] };
+      return;
+    }
+    const pin = /^\/shoal\/pins\/(.+)@([^/@]+)$/.exec(ctx.path);
+    if (pin || ctx.path === '/shoal/pins') {
+      state.route = 'pins';
+      await handlePins(ctx, deps, pin ? { name: decodeURIComponent(pin[1]!), digest: decodeURIComponent(pin[2]!) } : undefined);
       return;
     }
     if (ctx.path === '/metrics') {
