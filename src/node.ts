@@ -29,7 +29,7 @@ class ConfiguredSeeds implements SeedDirectory {
     const build = (registry: string, seeds: SeedConfig[]): SeedSet => ({
       registry,
       seeds: seeds.map((s) => {
-        const client = new SeedClient({ ...s, logger });
+        const client = new SeedClient({ ...s, logger, timeoutMs: config.seedTimeoutMs, retries: config.seedRetries });
         this.clients.push(client);
         return client;
       }),
@@ -180,10 +180,12 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       await Promise.race([closed, grace]);
       // Requests still running (slow uploads) are cut: their sessions keep what was durable, or roll back.
       for (const s of sockets) s.destroy();
+      // Fetches from seeds and peers stop too, so no handler waits on them.
+      const fetchesStopped = pull.stop();
       await closed;
       // Handlers see their sockets close and finish their store work (commit, roll back or keep the session).
       if (active > 0) await new Promise<void>((ok) => (onIdle = ok));
-      await pull.stop();
+      await fetchesStopped;
       await peerService?.stop();
       await seeds.close();
       await store.close();

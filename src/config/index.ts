@@ -36,6 +36,10 @@ export interface ShoalConfig {
   registries: Record<string, SeedConfig[]>;
   /** How long a tag lookup waits for a seed before answering from the last known digest, in ms. */
   tagTimeoutMs: number;
+  /** Per attempt, how long a seed may take: to the whole answer for manifests, to the first byte for blobs (ms). */
+  seedTimeoutMs: number;
+  /** Retries of a seed request after a 5xx, 429, timeout or connection failure. */
+  seedRetries: number;
   /** HOST:PORT for the peer network; empty: this node runs without peers. */
   p2pListen: string;
   /** File holding the cluster's private-network key (every node needs the same); required with p2pListen. */
@@ -69,6 +73,8 @@ export function defaultConfig(): ShoalConfig {
     seeds: [],
     registries: {},
     tagTimeoutMs: 2_000,
+    seedTimeoutMs: 10_000,
+    seedRetries: 1,
     p2pListen: '',
     clusterKeyFile: '',
     peers: [],
@@ -110,6 +116,8 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   seeds: 'seeds',
   registries: 'registries',
   tagTimeoutMs: 'number',
+  seedTimeoutMs: 'number',
+  seedRetries: 'number',
   p2pListen: 'optional',
   clusterKeyFile: 'optional',
   peers: 'list',

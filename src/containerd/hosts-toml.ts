@@ -1,6 +1,7 @@
 import { mkdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError } from '../config/index.ts';
+import { isValidRegistryHost } from '../oci/index.ts';
 
 /** First line of every file Shoal writes, so a restore knows which files are its own. */
 export const GENERATED_MARK = '# Written by shoal containerd-config.';
@@ -36,7 +37,7 @@ export function defaultServer(host: string): string {
 export function parseRegistryTarget(value: string): RegistryTarget {
   const eq = value.indexOf('=');
   const host = (eq >= 0 ? value.slice(0, eq) : value).trim().toLowerCase();
-  if (!/^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?$/.test(host)) {
+  if (!isValidRegistryHost(host)) {
     throw new ConfigError(`--registry ${JSON.stringify(value)}: expected HOST[:PORT] or HOST[:PORT]=URL, e.g. docker.io or registry.local:5000=http://registry.local:5000`);
   }
   let server = defaultServer(host);
@@ -88,7 +89,13 @@ export async function writeHostsConfig(opts: HostsConfigOptions): Promise<Writte
     // Back up a foreign file once; a file Shoal wrote earlier is simply replaced.
     if (existing !== undefined && !existing.startsWith(GENERATED_MARK)) {
       backup = path + BACKUP_SUFFIX;
-      if ((await readFile(backup).catch(() => undefined)) === undefined) await rename(path, backup);
+      if ((await readFile(backup).catch(() => undefined)) !== undefined) {
+        // Someone replaced Shoal's file after an earlier backup: keeping one would lose the other.
+        throw new ConfigError(
+          `${path} was changed by hand after shoal wrote it, and ${backup} still holds the file from before; move one of them away, then run again`,
+        );
+      }
+      await rename(path, backup);
     }
     const tmp = `${path}.tmp-${process.pid}`;
     await writeFile(tmp, renderHostsToml(target, opts.mirror, opts.dialTimeout));

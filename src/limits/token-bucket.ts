@@ -1,3 +1,19 @@
+/** Waits `ms`, or rejects as soon as `signal` aborts; leaves no listener behind either way. */
+function sleepUnlessAborted(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason ?? new Error('aborted'));
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal!.reason ?? new Error('aborted'));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
 /**
  * A byte-rate limiter: `take(n)` resolves when `n` bytes may pass at `rate` bytes per second, with bursts of up
  * to `burst` bytes. A rate of 0 means unlimited. Each instance keeps its own state.
@@ -30,6 +46,7 @@ export class TokenBucket {
 
   private async wait(n: number, signal?: AbortSignal): Promise<void> {
     for (;;) {
+      if (signal?.aborted) throw signal.reason ?? new Error('aborted');
       const now = Date.now();
       this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.rate);
       this.last = now;
@@ -39,17 +56,7 @@ export class TokenBucket {
         return;
       }
       const ms = Math.ceil(((Math.min(n, this.burst) - this.tokens) / this.rate) * 1000);
-      await new Promise<void>((resolve, reject) => {
-        const t = setTimeout(resolve, ms);
-        signal?.addEventListener(
-          'abort',
-          () => {
-            clearTimeout(t);
-            reject(signal.reason ?? new Error('aborted'));
-          },
-          { once: true },
-        );
-      });
+      await sleepUnlessAborted(ms, signal);
     }
   }
 }

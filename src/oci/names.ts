@@ -43,3 +43,15 @@ export function validateTag(tag: string): string {
   }
   return tag;
 }
+
+/** A registry host as image references and `?ns=` name it: DNS labels or an IPv4 address, and an optional port 1-65535. */
+export function isValidRegistryHost(value: string): boolean {
+  const m = /^([a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*)(?::(\d{1,5}))?$/i.exec(value);
+  if (!m || m[1]!.length > 253) return false;
+  if (m[1]!.split('.').some((label) => label.length > 63)) return false;
+  if (m[2] !== undefined) {
+    const port = Number(m[2]);
+    if (port < 1 || port > 65535) return false;
+  }
+  return true;
+}

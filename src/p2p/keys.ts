@@ -2,7 +2,7 @@ import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys';
 import type { PrivateKey } from '@libp2p/interface';
-import { generateKey } from '@libp2p/pnet';
+import { randomBytes } from 'node:crypto';
 
 /** The node's peer identity: an Ed25519 key kept in the data dir, so the peer id survives restarts. */
 export async function loadOrCreateIdentity(path: string): Promise<PrivateKey> {
@@ -28,7 +28,7 @@ export async function loadOrCreateIdentity(path: string): Promise<PrivateKey> {
 
 const PSK_HEADER = '/key/swarm/psk/1.0.0/';
 
-/** Reads a cluster key (libp2p private-network PSK file: header, `/base16/`, 64 hex characters). */
+/** Reads a cluster key file (libp2p private-network format: header, `/base16/`, 64 hex characters): 32 bytes. */
 export async function readClusterKey(path: string): Promise<Uint8Array> {
   let text: string;
   try {
@@ -40,13 +40,11 @@ export async function readClusterKey(path: string): Promise<Uint8Array> {
   if (lines.length !== 3 || lines[0] !== PSK_HEADER || lines[1] !== '/base16/' || !/^[0-9a-fA-F]{64}$/.test(lines[2]!)) {
     throw new Error(`cluster key ${path} is not a private-network key; create one with: shoal cluster-key --out ${path}`);
   }
-  return new TextEncoder().encode(`${PSK_HEADER}\n/base16/\n${lines[2]!.toLowerCase()}\n`);
+  return Buffer.from(lines[2]!, 'hex');
 }
 
 /** Writes a new random cluster key; every node of a cluster needs the same file. */
 export async function writeClusterKey(path: string): Promise<void> {
-  const bytes = new Uint8Array(95);
-  generateKey(bytes);
   await mkdir(dirname(path), { recursive: true });
-  await writeFile(path, bytes, { mode: 0o600, flag: 'wx' });
+  await writeFile(path, `${PSK_HEADER}\n/base16/\n${randomBytes(32).toString('hex')}\n`, { mode: 0o600, flag: 'wx' });
 }

@@ -6,7 +6,6 @@ import { identify } from '@libp2p/identify';
 import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface';
 import { mdns } from '@libp2p/mdns';
 import { ping, type Ping } from '@libp2p/ping';
-import { preSharedKey } from '@libp2p/pnet';
 import { tcp } from '@libp2p/tcp';
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p } from 'libp2p';
@@ -16,6 +15,7 @@ import { AbortedError, NotFoundError, UnavailableError } from '../oci/index.ts';
 import { TokenBucket } from '../limits/token-bucket.ts';
 import type { IoOptions } from '../store/index.ts';
 import { loadOrCreateIdentity } from './keys.ts';
+import { clusterKeyProtector } from './cluster-protector.ts';
 import { PeerMetrics } from './metrics.ts';
 import {
   PROTOCOLS,
@@ -30,7 +30,7 @@ import { DATA_FRAME, framed, readFrame, readJson, writeJson } from './wire.ts';
 export interface PeerServiceOptions {
   /** HOST:PORT to listen on for peers. */
   listen: { host: string; port: number };
-  /** Private-network key (PSK file contents). */
+  /** Private-network key: the 32 bytes of the cluster key file. */
   clusterKey: Uint8Array;
   /** Where the peer identity is kept. */
   identityFile: string;
@@ -130,7 +130,7 @@ export class PeerService implements PeerNetwork {
       transports: [tcp()],
       connectionEncrypters: [noise()],
       streamMuxers: [yamux({ streamOptions } as Parameters<typeof yamux>[0])],
-      connectionProtector: preSharedKey({ psk: clusterKey }),
+      connectionProtector: clusterKeyProtector(clusterKey),
       peerDiscovery: this.opts.mdns ? [mdns({ interval: 5_000 })] : [],
       connectionManager: { maxConnections: 2_000 },
       services: { identify: identify(), ping: ping() },
@@ -331,6 +331,8 @@ export class PeerService implements PeerNetwork {
   ban(peer: string, reason: string): void {
     const state = this.peersById.get(peer);
     if (!state) return;
+    // Chunks in flight from the same peer report it again: one ban per peer, counted once.
+    if (state.bannedUntil !== undefined && state.bannedUntil > Date.now()) return;
     state.bannedUntil = Date.now() + this.opts.banMs;
     this.metrics.bans.inc();
     this.opts.logger.warn({ peer, reason, untilMs: this.opts.banMs }, 'peer banned');

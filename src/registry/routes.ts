@@ -1,5 +1,5 @@
 import type { Context } from 'koa';
-import { InvalidError, NotFoundError, UnsupportedError, validateRepositoryName } from '../oci/index.ts';
+import { InvalidError, NotFoundError, UnsupportedError, isValidRegistryHost, validateRepositoryName } from '../oci/index.ts';
 import { deleteBlob, getBlob } from './blobs.ts';
 import type { RegistryDeps, RouteParams } from './context.ts';
 import { listCatalog, listReferrers, listTags } from './discovery.ts';
@@ -45,7 +45,7 @@ export interface MatchedRoute {
 /** `?ns=<registry host[:port]>` as containerd sends it to a mirror. */
 export function parseNamespace(ns: unknown): string | undefined {
   if (ns === undefined || ns === '') return undefined;
-  if (typeof ns !== 'string' || !/^[a-zA-Z0-9]([a-zA-Z0-9.-]*[a-zA-Z0-9])?(:\d{1,5})?$/.test(ns) || ns.length > 253) {
+  if (typeof ns !== 'string' || !isValidRegistryHost(ns)) {
     throw new InvalidError('NAME_INVALID', `invalid ns=${JSON.stringify(String(ns).slice(0, 100))}: expected a registry host such as docker.io or registry.local:5000`);
   }
   return ns.toLowerCase();

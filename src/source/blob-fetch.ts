@@ -3,7 +3,7 @@ import { Readable } from 'node:stream';
 import { AbortedError, NotFoundError, UnavailableError, isShoalError } from '../oci/index.ts';
 import type { ByteRange, ContentStore, Ingest, IoOptions } from '../store/index.ts';
 import type { PullMetrics } from './metrics.ts';
-import type { SeedSet } from './types.ts';
+import { isSeedGone, type SeedSet } from './types.ts';
 import type { PeerNetwork, PullHint } from '../p2p/types.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
 import { transferFromPeers, type PeerSource } from './peer-transfer.ts';
@@ -28,7 +28,7 @@ export interface BlobFetchOptions {
   upstreamRepository: string;
   metrics: PullMetrics;
   logger: Logger;
-  /** Transfers tried in all (across seeds, resuming by Range) before giving up. */
+  /** How often a seed transfer that broke after making progress is resumed by Range. */
   maxAttempts?: number;
 }
 
@@ -129,11 +129,18 @@ export class BlobFetch {
     const { store, digest, logger } = this.opts;
     const signal = this.controller.signal;
     this.ingest = await store.openIngest({ signal });
+    const began = Date.now();
     try {
       if (this.opts.network) await this.fromPeers(this.opts.network, signal);
+      const fromPeers = this.written;
+      const peersMs = Date.now() - began;
       if (this.total === undefined || this.written < this.total) await this.fromSeeds(signal);
+      const transferMs = Date.now() - began;
       await this.ingest.commit(this.opts.repository, { digest, size: this.total }, { signal });
-      logger.info({ digest, size: this.total }, 'blob fetched and committed');
+      logger.info(
+        { digest, size: this.total, fromPeers, fromSeed: this.written - fromPeers, peersMs, transferMs, commitMs: Date.now() - began - transferMs },
+        'blob fetched and committed',
+      );
     } catch (err) {
       await this.ingest.abort();
       throw err;
@@ -192,13 +199,17 @@ export class BlobFetch {
       if (this.written > 0) throw new UnavailableError(`peers gave ${this.written} bytes of ${digest} and then went away, and this node has no seed for the rest`);
       throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is neither on this node nor on its peers`, { digest });
     }
-    const maxAttempts = this.opts.maxAttempts ?? Math.max(3, seeds.seeds.length);
+    // Each seed is asked once (its client already retried); a transfer that broke after making progress is
+    // resumed by Range up to `maxResumes` times.
+    const maxResumes = this.opts.maxAttempts ?? 2;
     const notFound = new Set<number>();
-    let attempt = 0;
+    let tried = 0;
+    let resumes = 0;
     let index = 0;
     for (;;) {
       const seed = seeds.seeds[index % seeds.seeds.length]!;
-      attempt++;
+      const before = this.written;
+      tried++;
       try {
         const range: ByteRange | undefined = this.written > 0 && this.total !== undefined ? { start: this.written, end: this.total - 1 } : undefined;
         const res = await seed.getBlob(upstreamRepository, digest, { signal, range });
@@ -215,7 +226,7 @@ export class BlobFetch {
         const code = isShoalError(err) ? err.code : undefined;
         const outcome = code === 'BLOB_UNKNOWN' ? 'not_found' : code === 'DIGEST_INVALID' ? 'corrupt' : 'error';
         metrics.seedRequests.inc({ registry: seeds.registry, outcome });
-        logger.warn({ seed: seed.url, digest, attempt, written: this.written, err: (err as Error).message }, 'seed transfer failed');
+        logger.warn({ seed: seed.url, digest, attempt: tried, written: this.written, err: (err as Error).message }, 'seed transfer failed');
         if (outcome === 'corrupt') throw err;
         if (outcome === 'not_found') {
           notFound.add(index % seeds.seeds.length);
@@ -223,7 +234,19 @@ export class BlobFetch {
             throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is neither on this node nor on its seeds for ${seeds.registry}`, { digest });
           }
         }
-        if (attempt >= maxAttempts) throw err;
+        const progressed = this.written > before;
+        if (progressed && resumes < maxResumes) {
+          resumes++;
+          continue;
+        }
+        if (tried >= seeds.seeds.length && !progressed) {
+          if (outcome === 'error' && isSeedGone(err) && this.written === 0) {
+            const cause = (err as { detail?: { cause?: string } }).detail?.cause;
+            throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is on no node of the cluster, and seed ${seed.url} cannot be reached`, { digest, seed: seed.url, cause });
+          }
+          throw err;
+        }
+        if (progressed) throw err;
         index++;
       }
     }

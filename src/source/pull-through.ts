@@ -1,12 +1,41 @@
 import type { Logger } from 'pino';
-import { AbortedError, NotFoundError, isShoalError, parseManifest, effectiveArtifactType } from '../oci/index.ts';
+import { AbortedError, NotFoundError, UnavailableError, isShoalError, parseManifest, effectiveArtifactType } from '../oci/index.ts';
 import type { ContentStore, IoOptions, ManifestRecord, TagRecord } from '../store/index.ts';
 import { BlobFetch } from './blob-fetch.ts';
 import type { PullMetrics } from './metrics.ts';
-import type { BlobResponse, SeedDirectory, SeedSet } from './types.ts';
+import { isSeedGone, type BlobResponse, type SeedDirectory, type SeedSet } from './types.ts';
 import type { ChunkRequest, PeerNetwork } from '../p2p/types.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
 import { Digest } from '../oci/index.ts';
+
+/** The error a client sees when a seed failed: the seed's own (unauthorized, unavailable), or a timeout said plainly. */
+function seedError(err: unknown, seedUrl: string, what: string, timeoutMs: number): unknown {
+  if (isShoalError(err) && err.code !== 'INTERNAL') return err;
+  if ((err as Error)?.name === 'TimeoutError' || (err as Error)?.name === 'AbortError') {
+    return new UnavailableError(`seed ${seedUrl} did not answer for ${what} within ${timeoutMs} ms, and no node of the cluster knows it`, { seed: seedUrl });
+  }
+  return new UnavailableError(`seed ${seedUrl} failed for ${what}: ${(err as Error)?.message ?? String(err)}`, { seed: seedUrl });
+}
+
+/** Waits for `p`, or throws AbortedError as soon as the client goes away (what it waited on goes on). */
+function untilAborted<T>(p: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return p;
+  if (signal.aborted) return Promise.reject(new AbortedError('client went away'));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(new AbortedError('client went away'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
+}
 
 /** Which repository a request is about: on this node, on the seed, and which registry (`?ns=`). */
 export interface RepositoryTarget {
@@ -81,10 +110,13 @@ export class PullThrough {
     let tagged: TagRecord | undefined;
     if (ref.kind === 'digest') digest = ref.digest;
     else {
-      if (seeds) digest = await this.resolveTagFromSeed(target, seeds, ref.tag, opts);
+      let seedFailure: unknown;
+      if (seeds) ({ digest, failure: seedFailure } = await this.resolveTagFromSeed(target, seeds, ref.tag, opts));
       if (digest === undefined) {
         tagged = await this.newestTagRecord(target, ref.tag, seeds, opts);
         digest = tagged?.digest;
+        // Nothing in the cluster knows the tag and the seed failed: say what the seed did, not "unknown".
+        if (digest === undefined && seedFailure !== undefined) throw seedFailure;
       }
     }
     if (digest) {
@@ -95,7 +127,12 @@ export class PullThrough {
       }
       let record: ManifestRecord | undefined;
       if (network) record = await this.manifestFromPeers(target, network, digest, opts);
-      if (!record && seeds) record = await this.fetchManifest(target, seeds, digest, opts);
+      if (!record && seeds) {
+        record = await this.fetchManifest(target, seeds, digest, opts).catch((err: unknown) => {
+          if (isSeedGone(err)) return undefined;
+          throw err;
+        });
+      }
       if (record) {
         if (ref.kind === 'tag') await this.retag(target, ref.tag, tagged ?? { digest, updated: Date.now() }, opts);
         return record;
@@ -164,27 +201,30 @@ export class PullThrough {
   }
 
   /** The seed's digest for a tag; undefined when no seed answered in time (then the cached tag answers). */
-  private async resolveTagFromSeed(target: RepositoryTarget, seeds: SeedSet, tag: string, opts: IoOptions): Promise<string | undefined> {
+  private async resolveTagFromSeed(target: RepositoryTarget, seeds: SeedSet, tag: string, opts: IoOptions): Promise<{ digest?: string; failure?: unknown }> {
     const { metrics, logger, tagTimeoutMs } = this.opts;
     const signal = opts.signal ? AbortSignal.any([opts.signal, AbortSignal.timeout(tagTimeoutMs)]) : AbortSignal.timeout(tagTimeoutMs);
     let notFound = 0;
+    let failure: unknown;
     for (const seed of seeds.seeds) {
       try {
         const resolved = await seed.resolveTag(target.upstream, tag, { signal });
         metrics.seedRequests.inc({ registry: seeds.registry, outcome: 'ok' });
         metrics.tagResolutions.inc({ via: 'seed' });
-        return resolved.digest;
+        return { digest: resolved.digest };
       } catch (err) {
         if (opts.signal?.aborted) throw new AbortedError('client went away');
         const missing = isShoalError(err) && err.code === 'MANIFEST_UNKNOWN';
         metrics.seedRequests.inc({ registry: seeds.registry, outcome: missing ? 'not_found' : 'error' });
         if (missing) notFound++;
-        else logger.warn({ seed: seed.url, repository: target.upstream, tag, err: (err as Error).message }, 'seed unreachable for tag lookup');
+        // A seed that is simply not there (refused, no route) leaves the answer to the cluster: not found is 404.
+        else if (!isSeedGone(err)) failure ??= seedError(err, seed.url, `tag ${tag} of ${target.upstream}`, tagTimeoutMs);
+        if (!missing) logger.warn({ seed: seed.url, repository: target.upstream, tag, err: (err as Error).message }, 'seed unreachable for tag lookup');
       }
     }
     // No seed knows the tag (or none answered): the newest record in the cluster, if any, answers.
     if (notFound === seeds.seeds.length) logger.info({ repository: target.upstream, tag, registry: seeds.registry }, 'tag not on the seeds; looking in the cluster');
-    return undefined;
+    return { failure };
   }
 
   /** Fetches a manifest by digest from the seeds (verified by the client) and stores it. Single-flight. */
@@ -195,10 +235,8 @@ export class PullThrough {
       flight = this.fetchManifestOnce(target, seeds, digest).finally(() => this.manifestFetches.delete(key));
       this.manifestFetches.set(key, flight);
     }
-    if (!opts.signal) return flight;
-    const signal = opts.signal;
     // The client may give up; the fetch others wait on goes on.
-    return Promise.race([flight, new Promise<never>((_, reject) => signal.addEventListener('abort', () => reject(new AbortedError('client went away')), { once: true }))]);
+    return untilAborted(flight, opts.signal);
   }
 
   private async fetchManifestOnce(target: RepositoryTarget, seeds: SeedSet, digest: string): Promise<ManifestRecord> {
@@ -246,13 +284,15 @@ export class PullThrough {
     const network = this.opts.network;
     if (!seeds && !network) throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${target.repository}`, { digest });
     const fetch = this.startFetch(target, digest, seeds);
-    const size = await fetch.size;
+    const size = await untilAborted(fetch.size, opts.signal);
     return { size, source: 'seed', open: async (range, o) => fetch.read(range, o) };
   }
 
   /** The fetch of a digest in flight, or a new one. */
   private startFetch(target: RepositoryTarget, digest: string, seeds: SeedSet | undefined, usePeers = true): BlobFetch {
-    const existing = this.fetches.get(digest);
+    // Keyed by registry too: a fetch stuck on one registry's seed must not hold a client of another registry.
+    const key = `${target.namespace ?? ''}@${digest}`;
+    const existing = this.fetches.get(key);
     if (existing) return existing;
     const created = new BlobFetch({
       store: this.opts.store,
@@ -267,8 +307,8 @@ export class PullThrough {
       metrics: this.opts.metrics,
       logger: this.opts.logger,
     });
-    this.fetches.set(digest, created);
-    void created.done.catch(() => undefined).finally(() => this.fetches.delete(digest));
+    this.fetches.set(key, created);
+    void created.done.catch(() => undefined).finally(() => this.fetches.delete(key));
     return created;
   }
 
@@ -285,7 +325,7 @@ export class PullThrough {
       if (req.start >= info.size) return undefined;
       return { size: info.size, stream: await store.readContent(digest, { start: req.start, end: Math.min(req.end, info.size - 1) }, opts) };
     }
-    let fetch = this.fetches.get(digest);
+    let fetch = [...this.fetches.values()].find((f) => f.digest === digest);
     if (!fetch && req.pull) {
       const target: RepositoryTarget = { repository: req.pull.repository, upstream: req.pull.upstream, namespace: req.pull.namespace };
       const seeds = this.seedsFor(target);

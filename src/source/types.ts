@@ -31,3 +31,12 @@ export interface BlobResponse {
   /** The bytes of `range` (or of the whole blob). Fails mid-way if a fetch turns out corrupt. */
   open(range: ByteRange | undefined, opts?: IoOptions): Promise<Readable>;
 }
+
+/** Network causes that mean the seed is not there at all (as opposed to failing or slow): the cluster's answer stands. */
+const GONE_CAUSES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ENOTFOUND', 'ENETDOWN']);
+
+/** True when a seed error says the seed cannot be reached at all (refused, no route, no such host). */
+export function isSeedGone(err: unknown): boolean {
+  const detail = (err as { detail?: { cause?: unknown } })?.detail;
+  return typeof detail?.cause === 'string' && GONE_CAUSES.has(detail.cause);
+}
