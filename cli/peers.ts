@@ -1,6 +1,7 @@
 import { writeClusterKey } from '../src/p2p/keys.ts';
 import { UsageError } from './errors.ts';
 import type { PeerSummary } from '../src/p2p/types.ts';
+import { formatSize } from '../src/bundle/progress.ts';
 
 /** `shoal cluster-key --out FILE` */
 export async function clusterKeyCommand(flags: { out: string }): Promise<void> {
@@ -15,16 +16,6 @@ export async function clusterKeyCommand(flags: { out: string }): Promise<void> {
 
 type PeerRow = PeerSummary;
 
-function human(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let n = bytes;
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) {
-    n /= 1024;
-    i++;
-  }
-  return `${n.toFixed(i === 0 ? 0 : 1)} ${units[i]}`;
-}
 
 /** `shoal peers`: asks a running node for its peer table. */
 export async function peersCommand(flags: { node: string; json?: boolean }): Promise<void> {
@@ -53,9 +44,9 @@ export async function peersCommand(flags: { node: string; json?: boolean }): Pro
     p.id.slice(-12),
     p.addresses[0] ?? '-',
     p.rttMs === undefined ? '-' : `${p.rttMs} ms`,
-    p.throughput === undefined ? '-' : `${human(p.throughput)}/s`,
-    human(p.bytesIn),
-    human(p.bytesOut),
+    p.throughput === undefined ? '-' : `${formatSize(p.throughput)}/s`,
+    formatSize(p.bytesIn),
+    formatSize(p.bytesOut),
     String(p.blobs),
     p.zone ?? '-',
     p.bannedUntil ? `banned until ${new Date(p.bannedUntil).toISOString()}` : 'ok',

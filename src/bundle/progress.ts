@@ -83,7 +83,8 @@ export function formatRate(bytesPerSecond: number): string {
   return `${formatSize(bytesPerSecond)}/s`;
 }
 
-function formatSize(n: number): string {
+/** `512 B`, `1.5 MiB`, `230 GiB`. */
+export function formatSize(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let v = n;
   let i = 0;

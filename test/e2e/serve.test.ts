@@ -11,31 +11,13 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, request } from 'undici';
 import { ShoalProcesses, runShoal } from '../helpers/spawn-node.ts';
+import { httpClient, type Reply } from '../helpers/http.ts';
 
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-interface Reply {
-  status: number;
-  headers: Record<string, string>;
-  body: Buffer;
-}
-
 const agent = new Agent({ keepAliveTimeout: 1_000, connections: 16 });
 
-async function http(url: string, opts: { method?: string; headers?: Record<string, string>; body?: Buffer | string } = {}): Promise<Reply> {
-  const res = await request(url, {
-    method: (opts.method ?? 'GET') as 'GET',
-    headers: opts.headers,
-    body: opts.body,
-    dispatcher: agent,
-    headersTimeout: 15_000,
-    bodyTimeout: 15_000,
-  });
-  const body = Buffer.from(await res.body.arrayBuffer());
-  const headers: Record<string, string> = {};
-  for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
-  return { status: res.statusCode, headers, body };
-}
+const http = httpClient(agent, 15_000);
 
 /** Monolithic push: POST a session, PUT ?digest= with the whole body. */
 async function pushBlob(base: string, repo: string, data: Buffer): Promise<string> {

@@ -10,33 +10,15 @@ import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { startTestNode, type TestNode } from '../helpers/node.ts';
+import { httpClient, type Reply } from '../helpers/http.ts';
 
 const MiB = 1024 * 1024;
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-interface Reply {
-  status: number;
-  headers: Record<string, string>;
-  body: Buffer;
-}
-
 // Enough connections that 50 requests really are in flight at the same time.
 const agent = new Agent({ connections: 128, pipelining: 1, keepAliveTimeout: 2_000 });
 
-async function http(url: string, opts: { method?: string; headers?: Record<string, string>; body?: Buffer | string } = {}): Promise<Reply> {
-  const res = await request(url, {
-    method: (opts.method ?? 'GET') as 'GET',
-    headers: opts.headers,
-    body: opts.body,
-    dispatcher: agent,
-    headersTimeout: 30_000,
-    bodyTimeout: 30_000,
-  });
-  const body = Buffer.from(await res.body.arrayBuffer());
-  const headers: Record<string, string> = {};
-  for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
-  return { status: res.statusCode, headers, body };
-}
+const http = httpClient(agent, 30_000);
 
 /** POST a session, PATCH the whole blob as one chunk, PUT ?digest=. Returns the closing PUT's reply (or the first failure). */
 async function sessionPush(base: string, repo: string, data: Buffer): Promise<Reply> {

@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, request } from 'undici';
 import { ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
+import { httpClient, type Reply } from '../helpers/http.ts';
 
 const MiB = 1024 * 1024;
 const ROUNDS = 5;
@@ -37,29 +38,9 @@ function prng(seed: number): () => number {
   };
 }
 
-interface Reply {
-  status: number;
-  headers: Record<string, string>;
-  body: Buffer;
-}
-
 const agent = new Agent({ keepAliveTimeout: 1_000, connections: 16 });
 
-async function http(url: string, opts: { method?: string; headers?: Record<string, string>; body?: Buffer | string; signal?: AbortSignal } = {}): Promise<Reply> {
-  const res = await request(url, {
-    method: (opts.method ?? 'GET') as 'GET',
-    headers: opts.headers,
-    body: opts.body,
-    dispatcher: agent,
-    signal: opts.signal,
-    headersTimeout: 15_000,
-    bodyTimeout: 15_000,
-  });
-  const body = Buffer.from(await res.body.arrayBuffer());
-  const headers: Record<string, string> = {};
-  for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) headers[k] = Array.isArray(v) ? v.join(', ') : v;
-  return { status: res.statusCode, headers, body };
-}
+const http = httpClient(agent, 15_000);
 
 async function pushBlob(base: string, repo: string, data: Buffer): Promise<string> {
   const digest = sha256(data);

@@ -22,6 +22,7 @@ import { NetnsLab, type NsProcess } from '../helpers/netns.ts';
 import { DOCKER_REGISTRY_BIN } from '../helpers/seed-registry.ts';
 import { skopeoIn } from '../helpers/skopeo.ts';
 import { SHOAL_BIN } from '../helpers/spawn-node.ts';
+import { assertLayoutHolds } from '../helpers/layout.ts';
 
 const MiB = 1024 * 1024;
 const SUBNET = '10.233.7';
@@ -45,20 +46,6 @@ function nodeEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('SHOAL_') && k !== 'NODE_TEST_CONTEXT') env[k] = v;
   return { ...env, ...extra };
-}
-
-async function assertLayoutHolds(dir: string, tag: string, img: FixtureImage): Promise<void> {
-  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string; annotations?: Record<string, string> }> };
-  const entry = index.manifests.find((m) => m.annotations?.[REF_NAME_ANNOTATION] === tag);
-  assert.ok(entry, `${tag} is in ${dir}/index.json`);
-  assert.equal(entry.digest, img.digest, 'the pulled digest is the pushed one');
-  assert.deepEqual(await readFile(blobPath(dir, img.digest)), img.bytes);
-  for (const m of img.manifests) assert.deepEqual(await readFile(blobPath(dir, m.digest)), m.bytes, `child manifest ${m.digest}`);
-  for (const b of img.blobs) {
-    const data = await readFile(blobPath(dir, b.digest));
-    assert.equal(data.length, b.size, `size of ${b.digest}`);
-    assert.equal(sha256(data), b.digest, `content of ${b.digest}`);
-  }
 }
 
 describe('three nodes in network namespaces over 200 mbit links, seed in a fourth', () => {

@@ -45,6 +45,7 @@ import { startTestNode } from '../helpers/node.ts';
 import { pushBlob, pushManifest, startDockerRegistry, type DockerRegistry, type PushedImage } from '../helpers/seed-registry.ts';
 import { skopeoIn, type Skopeo } from '../helpers/skopeo.ts';
 import { runShoal, ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
+import { assertLayoutHolds } from '../helpers/layout.ts';
 
 const MiB = 1024 * 1024;
 const BIG_LAYER = 24 * MiB;
@@ -98,21 +99,6 @@ async function metric(node: { url: string }, name: string, labels: Record<string
 
 async function sumMetric(nodes: Array<{ url: string }>, name: string, labels: Record<string, string> = {}): Promise<number[]> {
   return Promise.all(nodes.map((n) => metric(n, name, labels)));
-}
-
-/** An OCI layout written by skopeo holds `img` under `tag`, every byte identical. */
-async function assertLayoutHolds(dir: string, tag: string, img: FixtureImage): Promise<void> {
-  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string; annotations?: Record<string, string> }> };
-  const entry = index.manifests.find((m) => m.annotations?.[REF_NAME_ANNOTATION] === tag);
-  assert.ok(entry, `${tag} is in ${dir}/index.json`);
-  assert.equal(entry.digest, img.digest, 'the pulled digest is the pushed one');
-  assert.deepEqual(await readFile(blobPath(dir, img.digest)), img.bytes);
-  for (const m of img.manifests) assert.deepEqual(await readFile(blobPath(dir, m.digest)), m.bytes, `child manifest ${m.digest}`);
-  for (const b of img.blobs) {
-    const data = await readFile(blobPath(dir, b.digest));
-    assert.equal(data.length, b.size, `size of ${b.digest}`);
-    assert.equal(sha256(data), b.digest, `content of ${b.digest}`);
-  }
 }
 
 /**

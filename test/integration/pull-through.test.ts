@@ -22,6 +22,7 @@ import { scrape, type Metrics } from '../helpers/metrics.ts';
 import { startDockerRegistry, type DockerRegistry } from '../helpers/seed-registry.ts';
 import { startTestServer, type TestServer } from '../helpers/seed-servers.ts';
 import { ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
+import { assertLayoutHolds } from '../helpers/layout.ts';
 
 const execFileP = promisify(execFile);
 const EXEC_TIMEOUT_MS = 60_000;
@@ -64,21 +65,6 @@ async function skopeoIn(work: string): Promise<(...args: string[]) => Promise<st
     CONTAINERS_REGISTRIES_CONF: join(work, 'registries.conf'),
   };
   return (...args: string[]) => run('skopeo', ['--policy', policy, ...args], env);
-}
-
-/** Asserts that an OCI layout dir holds `img` under `tag` with every manifest and blob byte-identical. */
-async function assertLayoutHolds(dir: string, tag: string, img: FixtureImage): Promise<void> {
-  const index = JSON.parse(await readFile(join(dir, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string; annotations?: Record<string, string> }> };
-  const entry = index.manifests.find((m) => m.annotations?.[REF_NAME_ANNOTATION] === tag);
-  assert.ok(entry, `${tag} is in ${dir}/index.json`);
-  assert.equal(entry.digest, img.digest, 'the pulled digest is the pushed one');
-  assert.deepEqual(await readFile(blobPath(dir, img.digest)), img.bytes);
-  for (const m of img.manifests) assert.deepEqual(await readFile(blobPath(dir, m.digest)), m.bytes, `child manifest ${m.digest}`);
-  for (const b of img.blobs) {
-    const data = await readFile(blobPath(dir, b.digest));
-    assert.equal(data.length, b.size, `size of ${b.digest}`);
-    assert.equal(sha256(data), b.digest, `content of ${b.digest}`);
-  }
 }
 
 const sizeOf = (blobs: Array<{ size: number }>): number => blobs.reduce((n, b) => n + b.size, 0);
