@@ -1,6 +1,7 @@
 /**
  * Benchmarks, side by side in one run: Shoal against the registry it replaces (CNCF distribution, the Debian
- * `docker-registry`), and the peer path against a plain TCP socket. Results are ratios; nothing here asserts.
+ * `docker-registry`), and the peer path against a plain TCP socket. Every server is its own process, as in
+ * production. Results are ratios; nothing here asserts.
  *
  *   npm run bench                 # defaults: 256 MiB blob, 3 rounds
  *   BENCH_MIB=64 BENCH_ROUNDS=1 npm run bench
@@ -13,7 +14,7 @@ import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDockerRegistry, freePort } from '../test/helpers/seed-registry.ts';
-import { startTestNode, type TestNode } from '../test/helpers/node.ts';
+import { ShoalProcesses, type ShoalProcess } from '../test/helpers/spawn-node.ts';
 import { writeClusterKey } from '../src/p2p/keys.ts';
 
 const MIB = 1024 * 1024;
@@ -100,11 +101,12 @@ async function main(): Promise<void> {
   const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`;
   const rows: Row[] = [];
   const dist = await startDockerRegistry();
+  const procs = new ShoalProcesses();
   const keyDir = await mkdtemp(join(tmpdir(), 'shoal-bench-'));
-  const nodes: TestNode[] = [];
+  const node = async (args: string[] = []): Promise<ShoalProcess> =>
+    procs.serve({ dataDir: await procs.tempDir('shoal-bench-node-'), logLevel: 'info', args });
   try {
-    const local = await startTestNode();
-    nodes.push(local);
+    const local = await node();
     const pushD: number[] = [];
     const pushS: number[] = [];
     const pullD: number[] = [];
@@ -126,39 +128,39 @@ async function main(): Promise<void> {
     const mirrorD: number[] = [];
     const mirrorS: number[] = [];
     for (let r = 0; r < rounds; r++) {
-      const mirror = await startTestNode({ config: { seeds: [{ url: dist.url }] } });
-      nodes.push(mirror);
+      const mirror = await node(['--seed', dist.url]);
       mirrorD.push(await timed(() => pull(dist.url, 'bench/push0', digest)));
       mirrorS.push(await timed(() => pull(mirror.url, 'bench/push0', digest, true)));
-      await mirror.stop();
-      nodes.pop();
+      await mirror.kill();
     }
     rows.push({ what: 'cold pull through a node from the seed (verified)', anchor: 'distribution direct', anchorMBs: median(mirrorD), shoalMBs: median(mirrorS) });
 
-    // Peers: node B pulls from node A over libp2p (Noise + Yamux + pnet), against plain TCP and HTTP from A.
+    // Peers: node B pulls from node A over libp2p (cluster key + Noise + Yamux), against plain TCP and HTTP from A.
     const keyFile = join(keyDir, 'cluster.key');
     await writeClusterKey(keyFile);
     const peerS: number[] = [];
     const tcp: number[] = [];
     const httpA: number[] = [];
     const portA = await freePort();
-    const a = await startTestNode({ config: { p2pListen: `127.0.0.1:${portA}`, clusterKeyFile: keyFile } });
-    nodes.push(a);
+    const a = await node(['--p2p-listen', `127.0.0.1:${portA}`, '--cluster-key', keyFile]);
     await push(a.url, 'bench/p2p', blob, digest);
     for (let r = 0; r < rounds; r++) {
-      const b = await startTestNode({ config: { p2pListen: `127.0.0.1:${await freePort()}`, clusterKeyFile: keyFile, peers: [`127.0.0.1:${portA}`] } });
-      nodes.push(b);
-      for (let i = 0; i < 100 && (b.node.peers?.holders(digest).length ?? 0) === 0; i++) await new Promise((ok) => setTimeout(ok, 100));
+      const b = await node(['--p2p-listen', `127.0.0.1:${await freePort()}`, '--cluster-key', keyFile, '--peer', `127.0.0.1:${portA}`]);
+      // Wait until B knows that A holds the blob (its inventory arrived).
+      for (let i = 0; i < 200; i++) {
+        const peers = (await (await fetch(`${b.url}/shoal/peers`)).json()) as { peers: Array<{ blobs: number }> };
+        if (peers.peers.some((p) => p.blobs > 0)) break;
+        await new Promise((ok) => setTimeout(ok, 50));
+      }
       peerS.push(await timed(() => pull(b.url, 'bench/p2p', digest, true)));
-      await b.stop();
-      nodes.pop();
+      await b.kill();
       tcp.push(await plainTcp(size));
       httpA.push(await timed(() => pull(a.url, 'bench/p2p', digest)));
     }
     rows.push({ what: 'blob from a peer (libp2p chunks, verified)', anchor: 'plain TCP socket', anchorMBs: median(tcp), shoalMBs: median(peerS) });
     rows.push({ what: 'blob from a peer (libp2p chunks, verified)', anchor: 'HTTP GET from that peer', anchorMBs: median(httpA), shoalMBs: median(peerS) });
   } finally {
-    for (const n of nodes) await n.stop().catch(() => undefined);
+    await procs.cleanup();
     await dist.stop();
     await rm(keyDir, { recursive: true, force: true });
   }

@@ -1,6 +1,5 @@
 import '../polyfill.ts';
 import { lookup } from 'node:dns/promises';
-import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { identify } from '@libp2p/identify';
 import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface';
@@ -15,7 +14,7 @@ import { AbortedError, NotFoundError, UnavailableError } from '../oci/index.ts';
 import { TokenBucket } from '../limits/token-bucket.ts';
 import type { IoOptions } from '../store/index.ts';
 import { loadOrCreateIdentity } from './keys.ts';
-import { clusterKeyProtector } from './cluster-protector.ts';
+import { clusterNoise } from './cluster-key.ts';
 import { PeerMetrics } from './metrics.ts';
 import {
   PROTOCOLS,
@@ -128,9 +127,8 @@ export class PeerService implements PeerNetwork {
       privateKey,
       addresses: { listen: [listenAddr] },
       transports: [tcp()],
-      connectionEncrypters: [noise()],
+      connectionEncrypters: [clusterNoise(clusterKey)],
       streamMuxers: [yamux({ streamOptions } as Parameters<typeof yamux>[0])],
-      connectionProtector: clusterKeyProtector(clusterKey),
       peerDiscovery: this.opts.mdns ? [mdns({ interval: 5_000 })] : [],
       connectionManager: { maxConnections: 2_000 },
       services: { identify: identify(), ping: ping() },

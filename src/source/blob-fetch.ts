@@ -280,8 +280,10 @@ export class BlobFetch {
             yield c as Uint8Array;
           }
         } catch (err) {
-          // The ingest was committed (renamed) or dropped while we read: loop and look at the state again.
-          if (!isMissingFile(err)) throw err;
+          // The ingest was committed (its handle closed, the file renamed) or dropped while we read: wait for
+          // the fetch to say which, then look at the state again.
+          if (!isMissingFile(err) && (err as NodeJS.ErrnoException)?.code !== 'EBADF') throw err;
+          if (this.state === 'running') await this.changed(signal);
         }
         continue;
       }

@@ -75,6 +75,7 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
           continue;
         }
         network.recordTransfer(source.peer, bytes.length, Date.now() - began);
+        logger.debug({ peer: source.peer, digest, chunk: index, bytes: bytes.length, ms: Date.now() - began }, 'chunk from peer');
         return { bytes, peer: source.peer, size: res.size };
       } catch (err) {
         if (signal.aborted) throw new AbortedError();

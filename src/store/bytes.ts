@@ -56,6 +56,19 @@ function checkAbort(signal?: AbortSignal): void {
   if (signal?.aborted) throw new AbortedError();
 }
 
+/** The bytes start..end (inclusive) of an open file, in pieces of at most READ_CHUNK. */
+async function* readRange(fh: FileHandle, start: number, end: number): AsyncGenerator<Buffer> {
+  let position = start;
+  while (position <= end) {
+    const length = Math.min(READ_CHUNK, end - position + 1);
+    const buf = Buffer.allocUnsafe(length);
+    const { bytesRead } = await fh.read(buf, 0, length, position);
+    if (bytesRead === 0) return;
+    position += bytesRead;
+    yield bytesRead === length ? buf : buf.subarray(0, bytesRead);
+  }
+}
+
 async function writeAll(fh: FileHandle, chunk: Uint8Array, position: number): Promise<void> {
   let done = 0;
   while (done < chunk.length) {
@@ -132,9 +145,11 @@ export class DiskBlobBytes implements BlobBytes {
         await writeAll(fh, chunk, position);
         position += chunk.length;
       },
+      // Reads go through the handle the writer holds: a fetch followed by many clients reads small ranges often.
       read: async (range) => {
         if (range.end < range.start) return Readable.from([]);
-        return createReadStream(tmp, { start: range.start, end: range.end, highWaterMark: READ_CHUNK });
+        if (closed) throw Object.assign(new Error('the ingest was committed or discarded'), { code: 'ENOENT' });
+        return Readable.from(readRange(fh, range.start, range.end), { objectMode: false });
       },
       commit: async (digest) => {
         await fh.sync();

@@ -1,5 +1,5 @@
 /**
- * The peer network on loopback: several real nodes (libp2p TCP + cluster-key protector + Noise + Yamux) with the real
+ * The peer network on loopback: several real nodes (libp2p TCP + Noise keyed by the cluster key + Yamux) with the real
  * distribution registry (`docker-registry`) as their seed, filled and read with real skopeo.
  *
  * - N nodes pulling one uncached image at the same moment cost the seed about one copy (counted by the nodes'
@@ -25,10 +25,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Registry } from 'prom-client';
 import { createLibp2p } from 'libp2p';
 import { tcp } from '@libp2p/tcp';
-import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { lpStream } from '@libp2p/utils';
-import { clusterKeyProtector } from '../../src/p2p/cluster-protector.ts';
+import { clusterNoise } from '../../src/p2p/cluster-key.ts';
 import { Agent, request } from 'undici';
 import { defaultConfig } from '../../src/config/index.ts';
 import { createLogger } from '../../src/logger.ts';
@@ -575,18 +574,17 @@ describe('peers that fail: killed mid-transfer, corrupt chunks, another cluster 
 
 // ------------------------------------------------------------------------------------------------------------
 
-describe('the cluster-key protector (AES-256-CTR over every peer connection)', () => {
+describe('the cluster key in the Noise handshake (every peer connection)', () => {
   it('carries 4 x 48 MiB at once between two libp2p nodes, byte for byte, and refuses another key', { timeout: 120_000 }, async () => {
     // @libp2p/pnet's WebAssembly XSalsa20 ran out of memory here after ~30 MiB of traffic and crashed the
-    // process; the protector that replaced it must carry far more than that, in parallel, without error.
+    // process; what replaced it must carry far more than that, in parallel, without error.
     const key = randomBytes(32);
     const make = (k: Uint8Array) =>
       createLibp2p({
         addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
         transports: [tcp()],
-        connectionEncrypters: [noise()],
+        connectionEncrypters: [clusterNoise(k)],
         streamMuxers: [yamux()],
-        connectionProtector: clusterKeyProtector(k),
       });
     const server = await make(key);
     const client = await make(key);
@@ -618,7 +616,7 @@ describe('the cluster-key protector (AES-256-CTR over every peer connection)', (
       const started = performance.now();
       const results = await Promise.all([pull(), pull(), pull(), pull()]);
       const seconds = (performance.now() - started) / 1000;
-      process.stdout.write(`# cluster-key protector: 4 x 48 MiB in ${seconds.toFixed(2)} s (${((4 * 48) / seconds).toFixed(0)} MiB/s)\n`);
+      process.stdout.write(`# cluster-key noise: 4 x 48 MiB in ${seconds.toFixed(2)} s (${((4 * 48) / seconds).toFixed(0)} MiB/s)\n`);
       assert.deepEqual(results, [want, want, want, want]);
       await assert.rejects(stranger.dial(addr, { signal: AbortSignal.timeout(5_000) }), 'a node with another key cannot connect');
     } finally {
