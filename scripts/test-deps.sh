@@ -14,6 +14,7 @@ declare -A PKG=(
   [containerd]=containerd
   [ctr]=containerd
   [ip]=iproute2
+  [curl]=curl
 )
 # Installed alongside: CA roots for TLS, and the OCI runtime podman depends on (crun),
 # named so a minimal image with recommends off still gets a working rootful podman (vfs).
@@ -30,7 +31,7 @@ have() {
 }
 
 missing_cmds=()
-for cmd in skopeo umoci podman docker-registry containerd ctr ip; do
+for cmd in skopeo umoci podman docker-registry containerd ctr ip curl; do
   have "$cmd" || missing_cmds+=("$cmd")
 done
 if [[ ${#missing_cmds[@]} -eq 0 ]]; then
