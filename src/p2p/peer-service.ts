@@ -147,7 +147,8 @@ export class PeerService implements PeerNetwork {
     await node.handle(PROTOCOLS.inventory, (stream, conn) => void this.receiveInventory(stream, conn), { maxInboundStreams: 8 });
     this.unwatch = this.opts.provider.watch((e) => this.queueAnnouncement(e.type === 'added' ? 'add' : 'remove', e.digest));
     logger.info({ peerId: this.selfId, addresses: this.addresses() }, 'p2p listening');
-    await this.maintain();
+    // The first round of discovery runs in the background: a slow DNS server must not hold the node's start.
+    void this.maintain();
     this.timer = setInterval(() => void this.maintain(), this.opts.maintenanceIntervalMs ?? 5_000);
     this.timer.unref();
   }
