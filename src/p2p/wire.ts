@@ -4,8 +4,8 @@ import type { IoOptions } from '../store/index.ts';
 
 /** Largest frame on Shoal protocols: a chunk piece or a JSON message (manifests are up to 4 MiB). */
 export const MAX_FRAME = 5 * 1024 * 1024;
-/** Data frames carry at most this much of a chunk. */
-export const DATA_FRAME = 262144;
+/** Data frames carry at most this much of a chunk: fewer, larger yamux frames mean fewer window updates. */
+export const DATA_FRAME = 1048576;
 
 export function framed(stream: Stream): LengthPrefixedStream<Stream> {
   return lpStream(stream, { maxDataLength: MAX_FRAME, maxBufferSize: 4 * MAX_FRAME });
