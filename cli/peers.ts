@@ -1,7 +1,7 @@
 import { writeClusterKey } from '../src/p2p/keys.ts';
 import { UsageError } from './errors.ts';
 import type { PeerSummary } from '../src/p2p/types.ts';
-import { formatSize } from '../src/bundle/progress.ts';
+import { formatBytes } from '../src/bundle/format.ts';
 
 /** `shoal cluster-key --out FILE` */
 export async function clusterKeyCommand(flags: { out: string }): Promise<void> {
@@ -44,9 +44,9 @@ export async function peersCommand(flags: { node: string; json?: boolean }): Pro
     p.id.slice(-12),
     p.addresses[0] ?? '-',
     p.rttMs === undefined ? '-' : `${p.rttMs} ms`,
-    p.throughput === undefined ? '-' : `${formatSize(p.throughput)}/s`,
-    formatSize(p.bytesIn),
-    formatSize(p.bytesOut),
+    p.throughput === undefined ? '-' : `${formatBytes(p.throughput)}/s`,
+    formatBytes(p.bytesIn),
+    formatBytes(p.bytesOut),
     String(p.blobs),
     p.zone ?? '-',
     p.bannedUntil ? `banned until ${new Date(p.bannedUntil).toISOString()}` : 'ok',

@@ -1,3 +1,4 @@
+import { formatBytes } from './format.ts';
 /**
  * Progress of an export, import or verify: a bar on a terminal, a plain line every few seconds otherwise, or
  * one JSON object per line (`--json`). Bytes only ever go up: what is shown never goes backwards.
@@ -80,20 +81,9 @@ export class TransferMeter {
 }
 
 export function formatRate(bytesPerSecond: number): string {
-  return `${formatSize(bytesPerSecond)}/s`;
+  return `${formatBytes(bytesPerSecond)}/s`;
 }
 
-/** `512 B`, `1.5 MiB`, `230 GiB`. */
-export function formatSize(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${Math.round(n)} B` : `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} ${units[i]}`;
-}
 
 /** `1:02:03`, `4:05`, `0:07`. */
 export function formatDuration(seconds: number): string {
@@ -106,7 +96,7 @@ export function formatDuration(seconds: number): string {
 
 /** One line of text for a snapshot: `45% 450 MiB of 1.0 GiB, 120 MiB/s, ETA 0:05`. */
 export function describeSnapshot(s: ProgressSnapshot): string {
-  const amount = s.total !== undefined ? `${formatSize(s.bytes)} of ${formatSize(s.total)}` : formatSize(s.bytes);
+  const amount = s.total !== undefined ? `${formatBytes(s.bytes)} of ${formatBytes(s.total)}` : formatBytes(s.bytes);
   const percent = s.percent !== undefined ? `${Math.floor(s.percent)}% ` : '';
   const eta = s.etaSeconds !== undefined ? `, ETA ${formatDuration(s.etaSeconds)}` : '';
   return `${percent}${amount}, ${formatRate(s.rate)}${eta}`;
@@ -197,7 +187,7 @@ export class LineProgress extends TimedReporter {
     this.out = out;
   }
   protected onStart(total?: number): void {
-    this.out.write(`${this.operation}: started${total !== undefined ? `, ${formatSize(total)} to go` : ''}\n`);
+    this.out.write(`${this.operation}: started${total !== undefined ? `, ${formatBytes(total)} to go` : ''}\n`);
   }
   protected draw(s: ProgressSnapshot, final: boolean, failed?: boolean): void {
     this.out.write(`${this.operation}: ${final ? (failed ? 'stopped at ' : 'finished ') : ''}${describeSnapshot(s)}\n`);

@@ -23,6 +23,7 @@ import { startDockerRegistry, type DockerRegistry } from '../helpers/seed-regist
 import { startTestServer, type TestServer } from '../helpers/seed-servers.ts';
 import { ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
 import { assertLayoutHolds } from '../helpers/layout.ts';
+import { skopeoIn } from '../helpers/skopeo.ts';
 
 const execFileP = promisify(execFile);
 const EXEC_TIMEOUT_MS = 60_000;
@@ -38,34 +39,6 @@ const MANIFEST_ACCEPT = [
   'application/vnd.docker.distribution.manifest.list.v2+json',
   'application/vnd.docker.distribution.manifest.v2+json',
 ].join(', ');
-
-/** Runs a command (no shell) with a timeout; a failure names the command and carries its stderr. */
-async function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {
-  try {
-    const r = await execFileP(cmd, args, { env, timeout: EXEC_TIMEOUT_MS, killSignal: 'SIGKILL', maxBuffer: 16 << 20 });
-    return r.stdout;
-  } catch (err) {
-    const e = err as { stderr?: string; killed?: boolean; code?: unknown };
-    throw new Error(`${cmd} ${args.join(' ')}: ${e.killed ? `killed after ${EXEC_TIMEOUT_MS} ms` : `exit ${String(e.code)}`}\n${e.stderr ?? ''}`, { cause: err });
-  }
-}
-
-/** skopeo with its own policy, registries.conf, auth file and TMPDIR under `work`. */
-async function skopeoIn(work: string): Promise<(...args: string[]) => Promise<string>> {
-  await mkdir(join(work, 'tmp'), { recursive: true });
-  const policy = join(work, 'policy.json');
-  await writeFile(policy, JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }));
-  await writeFile(join(work, 'registries.conf'), 'unqualified-search-registries = []\n');
-  await writeFile(join(work, 'auth.json'), '{"auths":{}}\n');
-  const env: NodeJS.ProcessEnv = {
-    PATH: process.env.PATH ?? '/usr/bin:/bin',
-    HOME: work,
-    TMPDIR: join(work, 'tmp'),
-    REGISTRY_AUTH_FILE: join(work, 'auth.json'),
-    CONTAINERS_REGISTRIES_CONF: join(work, 'registries.conf'),
-  };
-  return (...args: string[]) => run('skopeo', ['--policy', policy, ...args], env);
-}
 
 const sizeOf = (blobs: Array<{ size: number }>): number => blobs.reduce((n, b) => n + b.size, 0);
 
@@ -124,7 +97,7 @@ function anonymousSeed(): void {
 
     before(async () => {
       work = await mkdtemp(join(tmpdir(), 'shoal-pull-through-'));
-      skopeo = await skopeoIn(work);
+      skopeo = await skopeoIn(work, { timeoutMs: EXEC_TIMEOUT_MS });
       layout = await buildImageLayout(join(work, 'layout'));
       seed = await startDockerRegistry();
       await skopeo('copy', '--all', '--retry-times', '0', '--dest-tls-verify=false', `oci:${layout.dir}:multi`, `docker://${seed.hostPort}/library/app:v1`);
@@ -260,7 +233,7 @@ function basicAuthSeed(): void {
 
     before(async () => {
       work = await mkdtemp(join(tmpdir(), 'shoal-pull-basic-'));
-      skopeo = await skopeoIn(work);
+      skopeo = await skopeoIn(work, { timeoutMs: EXEC_TIMEOUT_MS });
       layout = await buildImageLayout(join(work, 'layout'), { seed: 2, layerSize: 64 * 1024 });
       seed = await startDockerRegistry({ users: [{ username: HTPASSWD_USER, bcryptHash: HTPASSWD_BCRYPT }] });
       await skopeo('copy', '--retry-times', '0', '--dest-tls-verify=false', '--dest-creds', `${HTPASSWD_USER}:${HTPASSWD_PASSWORD}`, `oci:${layout.dir}:single`, `docker://${seed.hostPort}/private/app:v1`);
