@@ -285,7 +285,7 @@ export class PullThrough {
     if (!seeds && !network) throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${target.repository}`, { digest });
     const fetch = this.startFetch(target, digest, seeds);
     const size = await untilAborted(fetch.size, opts.signal);
-    return { size, source: 'seed', open: async (range, o) => fetch.read(range, o) };
+    return { size, source: 'fetch', open: async (range, o) => fetch.read(range, o) };
   }
 
   /** The fetch of a digest in flight, or a new one. */

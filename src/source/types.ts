@@ -26,8 +26,8 @@ export interface SeedDirectory {
 /** A blob as the registry endpoint serves it, wherever it came from. */
 export interface BlobResponse {
   size: number;
-  /** Where the bytes came from, for metrics: already local, or fetched from a seed now. */
-  source: 'local' | 'peer' | 'seed';
+  /** Where the bytes come from: the store, or a fetch from peers and seeds in flight (which counts its own bytes). */
+  source: 'local' | 'fetch';
   /** The bytes of `range` (or of the whole blob). Fails mid-way if a fetch turns out corrupt. */
   open(range: ByteRange | undefined, opts?: IoOptions): Promise<Readable>;
 }
