@@ -3,19 +3,11 @@
  * and pushing into a running node (upload sessions, mounts, manifests). Basic and bearer-token auth, TLS
  * options like a seed's, no retries (an import is resumable as a whole, and re-running it skips what is done).
  */
-import { readFileSync } from 'node:fs';
-import { rootCertificates } from 'node:tls';
-import { Agent, request, type Dispatcher } from 'undici';
+import { request, type Agent, type Dispatcher } from 'undici';
 import { AbortedError, ShoalError, UnavailableError } from '../oci/index.ts';
-import { parseAuthChallenges } from '../upstream/index.ts';
+import { openRegistryEndpoint, parseAuthChallenges, readTokenResponse, type RegistryEndpointOptions } from '../upstream/index.ts';
 
-export interface RegistryHttpOptions {
-  /** Base URL, e.g. http://127.0.0.1:5000 */
-  url: string;
-  username?: string;
-  password?: string;
-  caFile?: string;
-  insecureSkipVerify?: boolean;
+export interface RegistryHttpOptions extends RegistryEndpointOptions {
   /** For requests without a (large) body: until the whole answer. Default 30 s. */
   timeoutMs?: number;
 }
@@ -78,22 +70,12 @@ export class RegistryHttp {
   private readonly authorizations = new Map<string, string>();
 
   constructor(opts: RegistryHttpOptions) {
-    let parsed: URL;
-    try {
-      parsed = new URL(opts.url);
-    } catch {
-      throw new UnavailableError(`${JSON.stringify(opts.url)} is not a URL; write it as http://host:port`);
-    }
-    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') throw new UnavailableError(`${opts.url} must start with http:// or https://`);
-    this.url = `${parsed.origin}${parsed.pathname.replace(/\/+$/, '')}`;
-    this.origin = parsed.origin;
-    if (opts.username !== undefined || opts.password !== undefined) {
-      this.basic = `Basic ${Buffer.from(`${opts.username ?? ''}:${opts.password ?? ''}`).toString('base64')}`;
-    }
+    const endpoint = openRegistryEndpoint(opts);
+    this.url = endpoint.url;
+    this.origin = endpoint.origin;
+    this.basic = endpoint.basicAuthorization;
+    this.agent = endpoint.agent;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
-    let ca: string[] | undefined;
-    if (opts.caFile !== undefined) ca = [...rootCertificates, readFileSync(opts.caFile, 'utf8')];
-    this.agent = new Agent({ connect: { ca, rejectUnauthorized: opts.insecureSkipVerify !== true } });
   }
 
   async close(): Promise<void> {
@@ -177,15 +159,15 @@ export class RegistryHttp {
       if (res.statusCode !== 200) {
         throw new ShoalError('UNAUTHORIZED', `token service of ${this.url} refused ${this.basic ? 'the credentials' : 'anonymous access'} (HTTP ${res.statusCode}); check the username and password`);
       }
-      let token: string | undefined;
+      let parsed: unknown;
       try {
-        const body = JSON.parse(text) as { token?: string; access_token?: string };
-        token = body.token || body.access_token;
+        parsed = JSON.parse(text);
       } catch {
-        token = undefined;
+        parsed = undefined;
       }
+      const token = readTokenResponse(parsed, Date.now());
       if (!token) throw new UnavailableError(`token service of ${this.url} answered without a token`);
-      return `Bearer ${token}`;
+      return `Bearer ${token.token}`;
     }
     if (challenges.some((c) => c.scheme === 'basic') && this.basic) return this.basic;
     return undefined;

@@ -28,9 +28,10 @@ export interface BlobFetchOptions {
   upstreamRepository: string;
   metrics: PullMetrics;
   logger: Logger;
-  /** How often a seed transfer that broke after making progress is resumed by Range. */
-  maxAttempts?: number;
 }
+
+/** How often a seed transfer that broke after making progress is resumed by Range. */
+const MAX_SEED_RESUMES = 2;
 
 function isMissingFile(err: unknown): boolean {
   return (err as NodeJS.ErrnoException)?.code === 'ENOENT';
@@ -200,8 +201,8 @@ export class BlobFetch {
       throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is neither on this node nor on its peers`, { digest });
     }
     // Each seed is asked once (its client already retried); a transfer that broke after making progress is
-    // resumed by Range up to `maxResumes` times.
-    const maxResumes = this.opts.maxAttempts ?? 2;
+    // resumed by Range up to MAX_SEED_RESUMES times.
+    const maxResumes = MAX_SEED_RESUMES;
     const notFound = new Set<number>();
     let tried = 0;
     let resumes = 0;

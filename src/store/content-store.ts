@@ -152,7 +152,7 @@ export class KvContentStore implements ContentStore {
   }
 
   async readContent(digest: string, range?: ByteRange): Promise<Readable> {
-    if (!(await this.statContent(digest))) throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in this store`, { digest });
+    // Callers have just looked the blob up; the bytes say NOT_FOUND themselves, so the hot path reads no record.
     const stream = await this.bytes.read(digest, range);
     const now = Date.now();
     if (now - (this.atimes.get(digest) ?? 0) > ATIME_RESOLUTION_MS) {

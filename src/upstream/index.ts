@@ -16,4 +16,5 @@ export {
   type BlobRequestOptions,
   type ByteRange,
 } from './seed-client.ts';
-export { parseAuthChallenges, pullScope, type AuthChallenge } from './auth.ts';
+export { parseAuthChallenges, pullScope, readTokenResponse, type AuthChallenge } from './auth.ts';
+export { openRegistryEndpoint, type RegistryEndpoint, type RegistryEndpointOptions } from './endpoint.ts';

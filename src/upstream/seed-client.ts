@@ -4,11 +4,9 @@
  * failures with backoff, times out quiet requests, follows blob redirects, and verifies everything it returns:
  * manifests by digest before returning, blobs while streaming.
  */
-import { readFileSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { rootCertificates } from 'node:tls';
-import { Agent, request, type Dispatcher } from 'undici';
+import { request, type Agent, type Dispatcher } from 'undici';
 import {
   ACCEPTED_MANIFEST_TYPES,
   AbortedError,
@@ -26,6 +24,7 @@ import {
   validateTag,
 } from '../oci/index.ts';
 import { BearerTokenCache, parseAuthChallenges, pullScope, readTokenResponse, type AuthChallenge } from './auth.ts';
+import { openRegistryEndpoint, type RegistryEndpointOptions } from './endpoint.ts';
 import { AttemptDeadline, RetryableFailure, backoffDelay, classifyFailure, parseRetryAfter } from './transport.ts';
 import { exactLengthBytes, verifiedBlobBytes, type ByteRange } from './verified-bytes.ts';
 
@@ -53,15 +52,7 @@ export interface SeedLogger {
   warn(obj: Record<string, unknown>, msg: string): void;
 }
 
-export interface SeedClientOptions {
-  /** Base URL of the registry, e.g. `http://127.0.0.1:5001` or `https://registry-1.docker.io`. */
-  url: string;
-  username?: string;
-  password?: string;
-  /** PEM file of a CA to trust in addition to the system roots. */
-  caFile?: string;
-  /** Accept any certificate (test setups only). */
-  insecureSkipVerify?: boolean;
+export interface SeedClientOptions extends RegistryEndpointOptions {
   /**
    * Per-attempt timeout in milliseconds for every request: until the whole response for manifests, HEAD, tags and
    * tokens; until the first byte for blobs. Unset: 5 s for metadata, 30 s for blobs.
@@ -261,25 +252,13 @@ export class SeedClient {
   private readonly scopes = new Map<string, string>();
 
   constructor(options: SeedClientOptions) {
-    let parsed: URL;
-    try {
-      parsed = new URL(options.url);
-    } catch {
-      throw new UnsupportedError(`seed URL ${JSON.stringify(options.url)} is not a URL; write it as http://host:port or https://host`);
-    }
-    if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
-      throw new UnsupportedError(`seed URL ${options.url} must start with http:// or https://`);
-    }
-    if (parsed.search || parsed.hash || parsed.username || parsed.password) {
-      throw new UnsupportedError(`seed URL ${options.url} must not carry a query, fragment or credentials; give username and password separately`);
-    }
-    this.url = `${parsed.origin}${parsed.pathname.replace(/\/+$/, '')}`;
-    this.origin = parsed.origin;
-    this.basePath = parsed.pathname.replace(/\/+$/, '');
+    const endpoint = openRegistryEndpoint(options, 'seed');
+    this.url = endpoint.url;
+    this.origin = endpoint.origin;
+    this.basePath = endpoint.basePath;
+    this.basicAuthorization = endpoint.basicAuthorization;
+    this.agent = endpoint.agent;
     this.username = options.username;
-    if (options.username !== undefined || options.password !== undefined) {
-      this.basicAuthorization = `Basic ${Buffer.from(`${options.username ?? ''}:${options.password ?? ''}`).toString('base64')}`;
-    }
     this.metadataTimeoutMs = options.timeoutMs ?? DEFAULT_METADATA_TIMEOUT_MS;
     this.blobTimeoutMs = options.timeoutMs ?? DEFAULT_BLOB_TIMEOUT_MS;
     this.bodyIdleTimeoutMs = options.bodyIdleTimeoutMs ?? DEFAULT_BODY_IDLE_TIMEOUT_MS;
@@ -287,15 +266,6 @@ export class SeedClient {
     this.retryDelayMs = options.retryDelayMs ?? DEFAULT_RETRY_DELAY_MS;
     this.userAgent = options.userAgent ?? 'shoal';
     this.logger = options.logger;
-    let ca: string[] | undefined;
-    if (options.caFile !== undefined) {
-      try {
-        ca = [...rootCertificates, readFileSync(options.caFile, 'utf8')];
-      } catch (err) {
-        throw new UnavailableError(`cannot read the CA file ${options.caFile} for seed ${this.url}: ${(err as Error).message}`, { seed: this.url });
-      }
-    }
-    this.agent = new Agent({ connect: { ca, rejectUnauthorized: options.insecureSkipVerify !== true } });
   }
 
   /** Releases every connection; requests and streams still running fail. */

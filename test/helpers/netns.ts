@@ -12,6 +12,7 @@
  *   const p = lab.spawn(ns1, 'node', ['bin/shoal.js', 'serve', ...]);
  *   await lab.exec(ns1, 'curl', ['-sS', 'http://10.233.7.12:5000/healthz']);
  */
+import { eachLine } from './spawn-node.ts';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 
@@ -50,21 +51,13 @@ export class NsProcess {
   ) {
     // `ip netns exec` enters the namespace and execs the command: the child's pid is the command's.
     this.child = spawn('ip', ['netns', 'exec', ns, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env });
-    let partial = '';
-    this.child.stdout!.setEncoding('utf8');
-    this.child.stdout!.on('data', (chunk: string) => {
-      partial += chunk;
-      let nl: number;
-      while ((nl = partial.indexOf('\n')) >= 0) {
-        const line = partial.slice(0, nl);
-        partial = partial.slice(nl + 1);
-        this.lines.push(line);
-        if (line.startsWith('{')) {
-          try {
-            this.logs.push(JSON.parse(line) as Record<string, unknown>);
-          } catch {
-            // not JSON
-          }
+    eachLine(this.child.stdout!, (line) => {
+      this.lines.push(line);
+      if (line.startsWith('{')) {
+        try {
+          this.logs.push(JSON.parse(line) as Record<string, unknown>);
+        } catch {
+          // not JSON
         }
       }
       this.notify();

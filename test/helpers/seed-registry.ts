@@ -28,6 +28,24 @@ export interface HtpasswdUser {
   bcryptHash: string;
 }
 
+/** docker-registry's config (as lines): filesystem storage under `dataDir`, deletes on, quiet logs, `addr`. */
+export function dockerRegistryConfig(dataDir: string, addr: string): string[] {
+  return [
+    'version: 0.1',
+    'log:',
+    '  level: error',
+    '  accesslog:',
+    '    disabled: true',
+    'storage:',
+    '  filesystem:',
+    `    rootdirectory: ${JSON.stringify(dataDir)}`,
+    '  delete:',
+    '    enabled: true',
+    'http:',
+    `  addr: ${addr}`,
+  ];
+}
+
 /** A port that was free a moment ago on 127.0.0.1. */
 export async function freePort(): Promise<number> {
   const server = createServer();
@@ -60,20 +78,7 @@ export async function startDockerRegistry(opts: { users?: HtpasswdUser[]; signal
     for (let tries = 0; tries < 3; tries++) {
       const port = await freePort();
       const hostPort = `127.0.0.1:${port}`;
-      const lines = [
-        'version: 0.1',
-        'log:',
-        '  level: error',
-        '  accesslog:',
-        '    disabled: true',
-        'storage:',
-        '  filesystem:',
-        `    rootdirectory: ${JSON.stringify(join(dir, 'data'))}`,
-        '  delete:',
-        '    enabled: true',
-        'http:',
-        `  addr: ${hostPort}`,
-      ];
+      const lines = dockerRegistryConfig(join(dir, 'data'), hostPort);
       if (opts.users?.length) {
         const htpasswdPath = join(dir, 'htpasswd');
         await writeFile(htpasswdPath, opts.users.map((u) => `${u.username}:${u.bcryptHash}`).join('\n') + '\n');

@@ -12,11 +12,17 @@
  * `runShoal(args)` runs a short command (e.g. `--help`) to completion and returns its exit code and output.
  * SHOAL_* variables of the test's own environment are not passed on unless given in `env`.
  */
+import { createInterface } from 'node:readline';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+/** Calls `onLine` for every line a stream yields, the last one too when it has no newline. */
+export function eachLine(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
+  createInterface({ input: stream, crlfDelay: Infinity }).on('line', onLine);
+}
 
 /** bin/shoal.js of this checkout. */
 export const SHOAL_BIN = resolve(dirname(fileURLToPath(import.meta.url)), '../../bin/shoal.js');
@@ -70,21 +76,8 @@ export class ShoalProcess {
       env: childEnv(opts.env),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    let partial = '';
-    this.child.stdout!.setEncoding('utf8');
-    this.child.stdout!.on('data', (chunk: string) => {
-      partial += chunk;
-      let nl: number;
-      while ((nl = partial.indexOf('\n')) >= 0) {
-        const line = partial.slice(0, nl);
-        partial = partial.slice(nl + 1);
-        this.addLine(line);
-      }
-      this.notify();
-    });
-    this.child.stdout!.on('end', () => {
-      if (partial) this.addLine(partial);
-      partial = '';
+    eachLine(this.child.stdout!, (line) => {
+      this.addLine(line);
       this.notify();
     });
     this.child.stderr!.setEncoding('utf8');

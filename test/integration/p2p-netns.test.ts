@@ -19,7 +19,7 @@ import { writeClusterKey } from '../../src/p2p/keys.ts';
 import { blobPath, buildImageLayout, REF_NAME_ANNOTATION, type FixtureImage, type ImageLayout } from '../fixtures/images.ts';
 import { Metrics } from '../helpers/metrics.ts';
 import { NetnsLab, type NsProcess } from '../helpers/netns.ts';
-import { DOCKER_REGISTRY_BIN } from '../helpers/seed-registry.ts';
+import { DOCKER_REGISTRY_BIN, dockerRegistryConfig } from '../helpers/seed-registry.ts';
 import { skopeoIn } from '../helpers/skopeo.ts';
 import { SHOAL_BIN } from '../helpers/spawn-node.ts';
 import { assertLayoutHolds } from '../helpers/layout.ts';
@@ -109,18 +109,7 @@ describe('three nodes in network namespaces over 200 mbit links, seed in a fourt
     // The seed: docker-registry listening on its namespace address.
     const seedDir = join(work, 'seed');
     await mkdir(seedDir, { recursive: true });
-    const config = [
-      'version: 0.1',
-      'log:',
-      '  level: error',
-      '  accesslog:',
-      '    disabled: true',
-      'storage:',
-      '  filesystem:',
-      `    rootdirectory: ${JSON.stringify(join(seedDir, 'data'))}`,
-      'http:',
-      `  addr: ${SUBNET}.20:5000`,
-    ].join('\n');
+    const config = dockerRegistryConfig(join(seedDir, 'data'), `${SUBNET}.20:5000`).join('\n');
     await writeFile(join(seedDir, 'config.yml'), config + '\n');
     seedProc = lab.spawn(seedNs, DOCKER_REGISTRY_BIN, ['serve', join(seedDir, 'config.yml')]);
     await waitFor('the seed to answer /v2/ from node 1', async () => (await curl(hosts[0]!.ns, `${seedUrl}/v2/`, { timeoutMs: 2_000 })).status === 200, 15_000).catch((err: Error) => {
