@@ -4,3 +4,4 @@ export * from './media-types.ts';
 export * from './names.ts';
 export * from './manifest.ts';
 export * from './reference.ts';
+export * from './chunks.ts';

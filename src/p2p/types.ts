@@ -1,7 +1,6 @@
 import type { ByteRange, IoOptions, TagRecord } from '../store/index.ts';
 
-/** Blobs travel between peers in chunks of this size (the last one shorter). */
-export const CHUNK_SIZE = 4 * 1024 * 1024;
+export { CHUNK_SIZE } from '../oci/index.ts';
 
 export const PROTOCOLS = {
   chunk: '/shoal/chunk/1.0.0',

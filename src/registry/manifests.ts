@@ -93,6 +93,7 @@ export async function putManifest(ctx: Context, deps: RegistryDeps, p: RoutePara
       bytes,
       mediaType: parsed.mediaType,
       tag: ref.kind === 'tag' ? ref.tag : undefined,
+      references: [...parsed.blobs, ...parsed.manifests].filter((d) => !(d.urls && d.urls.length > 0)).map((d) => d.digest),
       subject: parsed.subject?.digest,
       artifactType: effectiveArtifactType(parsed),
       annotations: parsed.annotations,

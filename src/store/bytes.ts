@@ -1,7 +1,7 @@
 import { createReadStream, type Stats } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { AbortedError, Digest, InvalidError, NotFoundError } from '../oci/index.ts';
 import type { BlobInfo, ByteRange, IoOptions } from './types.ts';
@@ -67,6 +67,31 @@ async function* readRange(fh: FileHandle, start: number, end: number): AsyncGene
     position += bytesRead;
     yield bytesRead === length ? buf : buf.subarray(0, bytesRead);
   }
+}
+
+/** Makes a directory's entries (a rename or an unlink in it) durable. */
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Moves a verified file into place durably: the file is synced first; then the new entry, and a new shard dir's. */
+async function renameDurably(from: string, dest: string): Promise<void> {
+  const dir = dirname(dest);
+  let created = false;
+  try {
+    await stat(dir);
+  } catch {
+    await mkdir(dir, { recursive: true });
+    created = true;
+  }
+  await rename(from, dest);
+  await fsyncDir(dir);
+  if (created) await fsyncDir(dirname(dir));
 }
 
 async function writeAll(fh: FileHandle, chunk: Uint8Array, position: number): Promise<void> {
@@ -154,9 +179,7 @@ export class DiskBlobBytes implements BlobBytes {
       commit: async (digest) => {
         await fh.sync();
         await close();
-        const dest = this.path(digest);
-        await mkdir(join(dest, '..'), { recursive: true });
-        await rename(tmp, dest);
+        await renameDurably(tmp, this.path(digest));
       },
       discard: async () => {
         await close().catch(() => undefined);
@@ -166,7 +189,9 @@ export class DiskBlobBytes implements BlobBytes {
   }
 
   async remove(digest: string): Promise<void> {
-    await rm(this.path(digest), { force: true });
+    const path = this.path(digest);
+    await rm(path, { force: true });
+    await fsyncDir(dirname(path)).catch(() => undefined);
   }
 
   async list(): Promise<BlobInfo[]> {
@@ -187,6 +212,7 @@ export class DiskBlobBytes implements BlobBytes {
   async sessionCreate(id: string): Promise<void> {
     const fh = await open(this.sessionPath(id), 'wx');
     await fh.close();
+    await fsyncDir(this.uploadsDir);
   }
 
   async sessionSize(id: string): Promise<number | undefined> {
@@ -229,9 +255,7 @@ export class DiskBlobBytes implements BlobBytes {
 
   async sessionCommit(id: string, digest: string, size: number): Promise<void> {
     await this.sessionTruncate(id, size);
-    const dest = this.path(digest);
-    await mkdir(join(dest, '..'), { recursive: true });
-    await rename(this.sessionPath(id), dest);
+    await renameDurably(this.sessionPath(id), this.path(digest));
   }
 
   async sessionRemove(id: string): Promise<void> {

@@ -2,17 +2,24 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { AbortedError, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError } from '../oci/index.ts';
+import { AbortedError, ChunkHasher, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, type ChunkMap } from '../oci/index.ts';
 import { DiskBlobBytes, MemoryBlobBytes, type BlobBytes } from './bytes.ts';
-import { keys, lastPart, SCHEMA_VERSION } from './keys.ts';
+import { keyParts, keys, lastPart, SCHEMA_VERSION } from './keys.ts';
 import { LevelKeyValueStore, MemoryKeyValueStore, type KeyValueStore, type KvOp } from './kv.ts';
 import { KeyedMutex } from './lock.ts';
 import type {
   AppendOptions,
   BlobInfo,
   ByteRange,
+  ContentEntry,
   ContentEvent,
   ContentStore,
+  LinkEntry,
+  ManifestEntry,
+  RemovalReason,
+  SweepGuard,
+  TagEntry,
+  VerifyOutcome,
   Ingest,
   IoOptions,
   ManifestRecord,
@@ -28,6 +35,20 @@ import type {
 interface BlobRecord {
   size: number;
   created: number;
+}
+
+interface LinkRecord {
+  size: number;
+  created?: number;
+}
+
+/** A guard's set, writable by the store. */
+class Guard implements SweepGuard {
+  readonly touched = new Set<string>();
+  constructor(private readonly onClose: (g: Guard) => void) {}
+  close(): void {
+    this.onClose(this);
+  }
 }
 
 /** How often a blob's access time is rewritten at most. */
@@ -50,6 +71,9 @@ export class KvContentStore implements ContentStore {
   private readonly atimes = new Map<string, number>();
   private totals: StoreStats = { blobs: 0, bytes: 0 };
   private readonly listeners = new Set<(event: ContentEvent) => void>();
+  /** Open read streams per digest. */
+  private readonly readers = new Map<string, number>();
+  private readonly guards = new Set<Guard>();
   private opened = false;
 
   constructor(kv: KeyValueStore, bytes: BlobBytes) {
@@ -89,30 +113,40 @@ export class KvContentStore implements ContentStore {
       else if (size < session.offset) await this.kv.batch([{ type: 'put', key, value: { ...session, offset: size } }]);
     }
     for (const id of await this.bytes.sessionList()) if (!recorded.has(id)) await this.bytes.sessionRemove(id);
-    // Blob files are renamed into place only after verification, so a file without a record is complete:
-    // record it. A record whose file vanished is dropped.
+    // Files are renamed into place before their records are written, and records are removed before their files.
+    // So a file without a record was never acknowledged, or its removal was: delete it. A record whose file is
+    // gone (lost by the file system) is dropped together with everything that names the digest.
     const files = new Map((await this.bytes.list()).map((b) => [b.digest, b.size]));
-    const ops: KvOp[] = [];
     let blobs = 0;
     let bytes = 0;
+    const lost: string[] = [];
     for await (const [key, rec] of this.kv.entries<BlobRecord>(keys.blobPrefix())) {
+      checkAbort(opts.signal);
       const digest = key.slice(keys.blobPrefix().length);
       const size = files.get(digest);
-      if (size === undefined) ops.push({ type: 'del', key });
+      files.delete(digest);
+      if (size === undefined || size !== rec.size) lost.push(digest);
       else {
-        files.delete(digest);
         blobs++;
         bytes += rec.size;
       }
     }
-    for (const [digest, size] of files) {
-      ops.push({ type: 'put', key: keys.blob(digest), value: { size, created: Date.now() } satisfies BlobRecord });
-      blobs++;
-      bytes += size;
-    }
-    await this.kv.batch(ops);
     this.totals = { blobs, bytes };
+    for (const digest of files.keys()) await this.bytes.remove(digest);
+    for (const digest of lost) {
+      const rec = await this.kv.get<BlobRecord>(keys.blob(digest));
+      // Counted out of totals already: removeLocked subtracts, so add back first.
+      if (rec) {
+        this.totals.blobs++;
+        this.totals.bytes += rec.size;
+      }
+      await this.removeLocked(digest, 'missing');
+    }
+    this.recovered = { orphanFiles: files.size, lostRecords: lost.length };
   }
+
+  /** What the last open() repaired: files without records deleted, records without (whole) files dropped. */
+  recovered = { orphanFiles: 0, lostRecords: 0 };
 
   async stats(): Promise<StoreStats> {
     return { ...this.totals };
@@ -122,6 +156,208 @@ export class KvContentStore implements ContentStore {
     const out: BlobInfo[] = [];
     for await (const [key, rec] of this.kv.entries<BlobRecord>(keys.blobPrefix())) out.push({ digest: key.slice(keys.blobPrefix().length), size: rec.size });
     return out;
+  }
+
+  async listEntries(opts: IoOptions = {}): Promise<ContentEntry[]> {
+    const atimes = new Map<string, number>();
+    for await (const [key, at] of this.kv.entries<number>(keys.atimePrefix())) atimes.set(key.slice(keys.atimePrefix().length), at);
+    const out: ContentEntry[] = [];
+    for await (const [key, rec] of this.kv.entries<BlobRecord>(keys.blobPrefix())) {
+      checkAbort(opts.signal);
+      const digest = key.slice(keys.blobPrefix().length);
+      const accessed = Math.max(rec.created, atimes.get(digest) ?? 0, this.atimes.get(digest) ?? 0);
+      out.push({ digest, size: rec.size, created: rec.created, accessed });
+    }
+    return out;
+  }
+
+  async listLinks(opts: IoOptions = {}): Promise<LinkEntry[]> {
+    const out: LinkEntry[] = [];
+    for await (const [key, rec] of this.kv.entries<LinkRecord>(keys.linkAll())) {
+      checkAbort(opts.signal);
+      const [repository, digest] = keyParts(key) as [string, string];
+      out.push({ repository, digest, size: rec.size, created: rec.created ?? 0 });
+    }
+    return out;
+  }
+
+  async listManifests(opts: IoOptions = {}): Promise<ManifestEntry[]> {
+    const out: ManifestEntry[] = [];
+    for await (const [key, rec] of this.kv.entries<ManifestRecord>(keys.manifestAll())) {
+      checkAbort(opts.signal);
+      out.push({ ...rec, repository: keyParts(key)[0]! });
+    }
+    return out;
+  }
+
+  async listAllTags(opts: IoOptions = {}): Promise<TagEntry[]> {
+    const out: TagEntry[] = [];
+    for await (const [key, rec] of this.kv.entries<TagRecord>(keys.tagAll())) {
+      checkAbort(opts.signal);
+      const [repository, tag] = keyParts(key) as [string, string];
+      out.push({ repository, tag, digest: rec.digest, updated: rec.updated });
+    }
+    return out;
+  }
+
+  inUse(digest: string): boolean {
+    return (this.readers.get(digest) ?? 0) > 0;
+  }
+
+  openSweepGuard(): SweepGuard {
+    const guard = new Guard((g) => this.guards.delete(g));
+    this.guards.add(guard);
+    return guard;
+  }
+
+  /** Notes digests that a write refers to, for every sweep under way, and refreshes their access time. */
+  private touch(digests: Iterable<string>): void {
+    const now = Date.now();
+    for (const d of digests) {
+      for (const g of this.guards) g.touched.add(d);
+      this.atimes.set(d, now);
+    }
+  }
+
+  async chunkMap(digest: string, opts: IoOptions = {}): Promise<ChunkMap | undefined> {
+    const rec = await this.kv.get<BlobRecord>(keys.blob(digest));
+    if (!rec) return undefined;
+    const map = await this.kv.get<ChunkMap>(keys.chunks(digest));
+    if (map && map.size === rec.size) return map;
+    // No map recorded (content pushed by a client, or stored before maps were kept): vouch by re-hashing it all.
+    const checked = await this.hashStored(digest, opts);
+    if (checked === 'missing') return undefined;
+    if (checked === 'corrupt') {
+      await this.removeContent(digest, 'corrupt');
+      return undefined;
+    }
+    await this.kv.batch([{ type: 'put', key: keys.chunks(digest), value: checked }], { sync: false });
+    return checked;
+  }
+
+  async verifyContent(digest: string, opts: IoOptions = {}): Promise<VerifyOutcome> {
+    const checked = await this.hashStored(digest, opts);
+    if (checked === 'missing') return 'missing';
+    if (checked === 'corrupt') {
+      await this.removeContent(digest, 'corrupt');
+      return 'corrupt';
+    }
+    if (!(await this.kv.get(keys.chunks(digest)))) await this.kv.batch([{ type: 'put', key: keys.chunks(digest), value: checked }], { sync: false });
+    return 'ok';
+  }
+
+  /** Reads a stored blob whole: its chunk map when the bytes match the digest and the recorded size. */
+  private async hashStored(digest: string, opts: IoOptions): Promise<ChunkMap | 'corrupt' | 'missing'> {
+    const rec = await this.kv.get<BlobRecord>(keys.blob(digest));
+    if (!rec) return 'missing';
+    const parsed = Digest.parse(digest);
+    const hasher = new DigestHasher(parsed.algorithm);
+    const chunks = new ChunkHasher();
+    let stream: Readable;
+    try {
+      stream = await this.bytes.read(digest);
+    } catch {
+      return 'corrupt';
+    }
+    for await (const piece of stream) {
+      if (opts.signal?.aborted) {
+        stream.destroy();
+        throw new AbortedError();
+      }
+      hasher.update(piece as Uint8Array);
+      chunks.update(piece as Uint8Array);
+    }
+    if (hasher.size !== rec.size || hasher.digest().toString() !== digest) return 'corrupt';
+    return chunks.map();
+  }
+
+  async removeContent(digest: string, reason: RemovalReason, opts: IoOptions & { onlyIf?: (entry: ContentEntry) => boolean } = {}): Promise<boolean> {
+    return this.digestLocks.run(digest, async () => {
+      checkAbort(opts.signal);
+      const rec = await this.kv.get<BlobRecord>(keys.blob(digest));
+      if (!rec) return false;
+      if (opts.onlyIf) {
+        const at = Math.max(rec.created, (await this.kv.get<number>(keys.atime(digest))) ?? 0, this.atimes.get(digest) ?? 0);
+        if (!opts.onlyIf({ digest, size: rec.size, created: rec.created, accessed: at })) return false;
+      }
+      await this.removeLocked(digest, reason);
+      return true;
+    });
+  }
+
+  /** Removes the bytes of `digest` and every record naming them: records first (synced), then the file. */
+  private async removeLocked(digest: string, reason: RemovalReason, extra: KvOp[] = []): Promise<void> {
+    const rec = await this.kv.get<BlobRecord>(keys.blob(digest));
+    const ops: KvOp[] = [...extra, { type: 'del', key: keys.blob(digest) }, { type: 'del', key: keys.atime(digest) }, { type: 'del', key: keys.chunks(digest) }];
+    for await (const [key] of this.kv.entries(keys.holderPrefix(digest))) {
+      const repository = lastPart(key);
+      ops.push({ type: 'del', key }, { type: 'del', key: keys.link(repository, digest) });
+      const manifest = await this.kv.get<ManifestRecord>(keys.manifest(repository, digest));
+      if (manifest) ops.push(...(await this.manifestRemovalOps(repository, manifest)));
+    }
+    await this.kv.batch(ops);
+    await this.bytes.remove(digest);
+    this.atimes.delete(digest);
+    if (rec) {
+      this.totals.blobs--;
+      this.totals.bytes -= rec.size;
+      this.emit({ type: 'removed', digest, size: rec.size, reason });
+    }
+  }
+
+  /** The records of a manifest in a repository: itself, its tags, its referrer entry (not its link). */
+  private async manifestRemovalOps(repository: string, record: ManifestRecord): Promise<KvOp[]> {
+    const ops: KvOp[] = [{ type: 'del', key: keys.manifest(repository, record.digest) }];
+    for await (const [key, value] of this.kv.entries<TagRecord>(keys.tagPrefix(repository))) {
+      if (value.digest === record.digest) ops.push({ type: 'del', key });
+    }
+    if (record.subject) ops.push({ type: 'del', key: keys.referrer(repository, record.subject, record.digest) });
+    return ops;
+  }
+
+  async sweepLink(repository: string, digest: string, guard: SweepGuard, opts: IoOptions & { olderThan?: number } = {}): Promise<boolean> {
+    return this.digestLocks.run(digest, async () => {
+      checkAbort(opts.signal);
+      if (guard.touched.has(digest) || this.inUse(digest)) return false;
+      const link = await this.kv.get<LinkRecord>(keys.link(repository, digest));
+      if (!link) return false;
+      if (opts.olderThan !== undefined && (link.created ?? 0) > opts.olderThan) return false;
+      if (await this.kv.get(keys.manifest(repository, digest))) return false;
+      await this.unlink(repository, digest, [], 'collected');
+      return true;
+    });
+  }
+
+  async sweepManifest(repository: string, digest: string, guard: SweepGuard, opts: IoOptions & { olderThan?: number } = {}): Promise<boolean> {
+    return this.digestLocks.run(digest, async () => {
+      checkAbort(opts.signal);
+      if (guard.touched.has(digest) || this.inUse(digest)) return false;
+      const record = await this.getManifest(repository, digest);
+      if (!record) return false;
+      if (opts.olderThan !== undefined && record.created > opts.olderThan) return false;
+      const ops = await this.manifestRemovalOps(repository, record);
+      // A tag set since the mark makes it live again.
+      if (ops.some((o) => o.key.startsWith(keys.tagPrefix(repository)))) return false;
+      await this.unlink(repository, digest, ops, 'collected');
+      return true;
+    });
+  }
+
+  async expireUploads(olderThan: number, opts: IoOptions = {}): Promise<UploadSession[]> {
+    const expired: UploadSession[] = [];
+    for (const session of await this.listUploads()) {
+      checkAbort(opts.signal);
+      if (session.updated > olderThan) continue;
+      await this.uploadLocks.run(session.id, async () => {
+        const current = await this.kv.get<UploadSession>(keys.upload(session.id));
+        if (!current || current.updated > olderThan) return;
+        await this.kv.batch([{ type: 'del', key: keys.upload(session.id) }]);
+        await this.bytes.sessionRemove(session.id);
+        this.hashers.delete(session.id);
+        expired.push(current);
+      });
+    }
+    return expired;
   }
 
   watch(listener: (event: ContentEvent) => void): () => void {
@@ -154,10 +390,18 @@ export class KvContentStore implements ContentStore {
   async readContent(digest: string, range?: ByteRange): Promise<Readable> {
     // Callers have just looked the blob up; the bytes say NOT_FOUND themselves, so the hot path reads no record.
     const stream = await this.bytes.read(digest, range);
+    // While it is open the blob is in use: eviction and collection leave it alone.
+    this.readers.set(digest, (this.readers.get(digest) ?? 0) + 1);
+    stream.once('close', () => {
+      const n = (this.readers.get(digest) ?? 1) - 1;
+      if (n <= 0) this.readers.delete(digest);
+      else this.readers.set(digest, n);
+    });
     const now = Date.now();
-    if (now - (this.atimes.get(digest) ?? 0) > ATIME_RESOLUTION_MS) {
-      this.atimes.set(digest, now);
-      await this.kv.batch([{ type: 'put', key: keys.atime(digest), value: now }]);
+    const last = this.atimes.get(digest) ?? 0;
+    this.atimes.set(digest, now);
+    if (now - last > ATIME_RESOLUTION_MS) {
+      await this.kv.batch([{ type: 'put', key: keys.atime(digest), value: now }], { sync: false });
     }
     return stream;
   }
@@ -169,13 +413,14 @@ export class KvContentStore implements ContentStore {
       ops.push({ type: 'put', key: keys.blob(info.digest), value: { size: info.size, created: Date.now() } satisfies BlobRecord });
     }
     if (!(await this.kv.get(keys.repo(repository)))) ops.push({ type: 'put', key: keys.repo(repository), value: { created: Date.now() } });
-    ops.push({ type: 'put', key: keys.link(repository, info.digest), value: { size: info.size } });
+    ops.push({ type: 'put', key: keys.link(repository, info.digest), value: { size: info.size, created: Date.now() } satisfies LinkRecord });
     ops.push({ type: 'put', key: keys.holder(info.digest, repository), value: 1 });
     return ops;
   }
 
   private async applyLink(ops: KvOp[], info: BlobInfo): Promise<void> {
     const isNew = ops.some((o) => o.type === 'put' && o.key === keys.blob(info.digest));
+    this.touch([info.digest]);
     await this.kv.batch(ops);
     if (isNew) {
       this.totals.blobs++;
@@ -187,6 +432,7 @@ export class KvContentStore implements ContentStore {
   async openIngest(): Promise<Ingest> {
     const file = await this.bytes.ingest();
     let hasher: DigestHasher | undefined = new DigestHasher('sha256');
+    const chunks = new ChunkHasher();
     let done = false;
     const finish = async (): Promise<void> => {
       if (done) return;
@@ -202,6 +448,7 @@ export class KvContentStore implements ContentStore {
         if (done || !hasher) throw new ShoalError('INTERNAL', 'write to a blob that is already committed or aborted');
         await file.append(chunk);
         hasher.update(chunk);
+        chunks.update(chunk);
       },
       read: (range) => file.read(range),
       commit: async (repository, expect, opts = {}) => {
@@ -236,7 +483,12 @@ export class KvContentStore implements ContentStore {
             await file.discard();
             throw err;
           }
-          await this.applyLink(await this.linkOps(repository, info), info);
+          const ops = await this.linkOps(repository, info);
+          // The chunk map comes from the bytes just verified against the digest: this node can vouch for it.
+          if (ops.some((o) => o.type === 'put' && o.key === keys.blob(info.digest)) && Digest.parse(info.digest).algorithm === 'sha256') {
+            ops.push({ type: 'put', key: keys.chunks(info.digest), value: chunks.map() });
+          }
+          await this.applyLink(ops, info);
           return info;
         });
       },
@@ -280,21 +532,12 @@ export class KvContentStore implements ContentStore {
   }
 
   /** Removes a repository's link; removes the bytes when nothing links them. Caller holds the digest lock. */
-  private async unlink(repository: string, digest: string, extra: KvOp[] = []): Promise<void> {
+  private async unlink(repository: string, digest: string, extra: KvOp[] = [], reason: RemovalReason = 'deleted'): Promise<void> {
     const ops: KvOp[] = [...extra, { type: 'del', key: keys.link(repository, digest) }, { type: 'del', key: keys.holder(digest, repository) }];
     let others = 0;
     for await (const [key] of this.kv.entries(keys.holderPrefix(digest))) if (lastPart(key) !== repository) others++;
-    const rec = await this.kv.get<BlobRecord>(keys.blob(digest));
-    const removeBytes = others === 0 && rec !== undefined;
-    if (removeBytes) ops.push({ type: 'del', key: keys.blob(digest) }, { type: 'del', key: keys.atime(digest) });
-    await this.kv.batch(ops);
-    if (removeBytes && rec) {
-      await this.bytes.remove(digest);
-      this.totals.blobs--;
-      this.totals.bytes -= rec.size;
-      this.atimes.delete(digest);
-      this.emit({ type: 'removed', digest, size: rec.size });
-    }
+    if (others === 0) await this.removeLocked(digest, reason, ops);
+    else await this.kv.batch(ops);
   }
 
   // ---- uploads -----------------------------------------------------------------------------------
@@ -412,6 +655,22 @@ export class KvContentStore implements ContentStore {
   async putManifest(input: PutManifestInput, opts: IoOptions = {}): Promise<ManifestRecord> {
     const { repository } = input;
     const info: BlobInfo = { digest: Digest.of(input.bytes).toString(), size: input.bytes.length };
+    // Each reference is noted for sweeps under way, then checked, under its own lock: a sweep or an eviction
+    // either sees the note and keeps it, or removed it before the check and the put fails as it should.
+    const missing: string[] = [];
+    for (const ref of new Set(input.references ?? [])) {
+      await this.digestLocks.run(ref, async () => {
+        this.touch([ref]);
+        if (!(await this.kv.get(keys.link(repository, ref))) || !(await this.kv.get(keys.blob(ref)))) missing.push(ref);
+      });
+    }
+    if (missing.length > 0) {
+      throw new InvalidError(
+        'MANIFEST_BLOB_UNKNOWN',
+        `manifest references ${missing.length} blob(s) or manifest(s) that are not in repository ${repository} (any more); push them again: ${missing.join(', ')}`,
+        { digests: missing },
+      );
+    }
     if (!(await this.statContent(info.digest))) await this.writeBlob(repository, [input.bytes], info, opts);
     return this.digestLocks.run(info.digest, async () => {
       // A delete of the same manifest may have removed the bytes since they were written: write them again.
@@ -460,6 +719,7 @@ export class KvContentStore implements ContentStore {
       if (!(await this.getManifest(repository, record.digest))) {
         throw new NotFoundError('MANIFEST_UNKNOWN', `manifest ${record.digest} is not in repository ${repository}; it cannot be tagged`, { digest: record.digest });
       }
+      this.touch([record.digest]);
       await this.kv.batch([{ type: 'put', key: keys.tag(repository, tag), value: { digest: record.digest, updated: record.updated } }]);
     });
   }

@@ -6,8 +6,9 @@
  *   meta:schema                              -> "1"                      layout version (see SCHEMA_VERSION)
  *   blob:<digest>                            -> {size, created}          a complete, verified blob file exists
  *   atime:<digest>                           -> <ms>                     last read, for LRU eviction
+ *   chunks:<digest>                          -> {size, chunks}           sha256 of each 4 MiB chunk, from verified bytes
  *   repo:<name>                              -> {created}                repository exists
- *   link:<name>\0<digest>                    -> {size}                   blob is part of the repository
+ *   link:<name>\0<digest>                    -> {size, created}          blob is part of the repository
  *   holder:<digest>\0<name>                  -> 1                        reverse of link:, to count holders
  *   manifest:<name>\0<digest>                -> ManifestRecord           manifest stored in the repository
  *   tag:<name>\0<tag>                        -> {digest, updated}        tag points at a manifest
@@ -15,7 +16,12 @@
  *   upload:<id>                              -> UploadSession            resumable upload session
  *   pin:<name>\0<digest>                     -> {reason, created}        manifest (and what it references) must stay
  *
- * Every change that touches more than one key is written as one batch.
+ * Every change that touches more than one key is written as one batch, with `sync` (access times without).
+ * Order makes a power cut safe: a blob file is durable (fsync, rename, fsync of its directory) before the `blob:`
+ * record that names it is written; a `blob:` record (and every record naming the digest) is removed before the
+ * file. Recovery therefore finds at most files without records (deleted, since no write that made them was
+ * acknowledged, or their removal was), never records without files (those are dropped with whatever names them).
+ * A `link:` without its `blob:` does not exist: eviction and corruption remove the links with the blob.
  */
 export const SCHEMA_VERSION = '1';
 const SEP = '\u0000';
@@ -27,8 +33,13 @@ export const keys = {
   blob: (digest: string) => `blob:${digest}`,
   blobPrefix: () => 'blob:',
   atime: (digest: string) => `atime:${digest}`,
+  atimePrefix: () => 'atime:',
+  chunks: (digest: string) => `chunks:${digest}`,
   repo: (name: string) => `repo:${name}`,
   repoPrefix: () => 'repo:',
+  linkAll: () => 'link:',
+  manifestAll: () => 'manifest:',
+  tagAll: () => 'tag:',
   link: (name: string, digest: string) => `link:${name}${SEP}${digest}`,
   linkPrefix: (name: string) => `link:${name}${SEP}`,
   holder: (digest: string, name: string) => `holder:${digest}${SEP}${name}`,
@@ -44,6 +55,11 @@ export const keys = {
   pinPrefix: () => 'pin:',
   uploadPrefix: () => 'upload:',
 };
+
+/** The parts of a compound key after its `<kind>:` prefix. */
+export function keyParts(key: string): string[] {
+  return key.slice(key.indexOf(':') + 1).split(SEP);
+}
 
 /** The last part of a compound key. */
 export function lastPart(key: string): string {

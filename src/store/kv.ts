@@ -8,7 +8,11 @@ export interface KeyValueStore {
   open(): Promise<void>;
   close(): Promise<void>;
   get<T>(key: string): Promise<T | undefined>;
-  batch(ops: KvOp[]): Promise<void>;
+  /**
+   * Applies every op at once. `sync` (the default) waits until the write is on disk, so a record survives a power
+   * cut once this resolves; `sync: false` is for records that may be lost (access times).
+   */
+  batch(ops: KvOp[], opts?: { sync?: boolean }): Promise<void>;
   /** Entries whose keys start with `prefix`, in key order. */
   entries<T>(prefix: string, opts?: { gt?: string; limit?: number }): AsyncIterable<[string, T]>;
 }
@@ -27,9 +31,12 @@ export class LevelKeyValueStore implements KeyValueStore {
   async get<T>(key: string): Promise<T | undefined> {
     return (await this.db.get(key)) as T | undefined;
   }
-  async batch(ops: KvOp[]): Promise<void> {
+  async batch(ops: KvOp[], opts: { sync?: boolean } = {}): Promise<void> {
     if (ops.length === 0) return;
-    await this.db.batch(ops.map((op) => (op.type === 'put' ? { type: 'put', key: op.key, value: op.value } : { type: 'del', key: op.key })));
+    await this.db.batch(
+      ops.map((op) => (op.type === 'put' ? { type: 'put', key: op.key, value: op.value } : { type: 'del', key: op.key })),
+      { sync: opts.sync !== false },
+    );
   }
   async *entries<T>(prefix: string, opts: { gt?: string; limit?: number } = {}): AsyncIterable<[string, T]> {
     const range = opts.gt !== undefined && opts.gt > prefix ? { gt: opts.gt } : { gte: prefix };
@@ -48,7 +55,7 @@ export class MemoryKeyValueStore implements KeyValueStore {
     const v = this.map.get(key);
     return v === undefined ? undefined : (JSON.parse(v) as T);
   }
-  async batch(ops: KvOp[]): Promise<void> {
+  async batch(ops: KvOp[], _opts?: { sync?: boolean }): Promise<void> {
     for (const op of ops) {
       if (op.type === 'put') this.map.set(op.key, JSON.stringify(op.value));
       else this.map.delete(op.key);

@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import type { ChunkMap } from '../oci/index.ts';
 
 /** Options every async I/O call takes. */
 export interface IoOptions {
@@ -119,6 +120,12 @@ export interface PutManifestInput {
   bytes: Uint8Array;
   mediaType: string;
   tag?: string;
+  /**
+   * Digests of the blobs and manifests it names that must be stored (not foreign layers, not its subject). Checked
+   * again under the store's locks, so a sweep or an eviction that races the put either loses (they stay) or wins
+   * before the check (MANIFEST_BLOB_UNKNOWN).
+   */
+  references?: string[];
   subject?: string;
   artifactType?: string;
   annotations?: Record<string, string>;
@@ -145,11 +152,81 @@ export interface ManifestStore {
   listRepositories(opts?: IoOptions): Promise<string[]>;
 }
 
+/** Why content left the store. */
+export type RemovalReason = 'deleted' | 'evicted' | 'corrupt' | 'collected' | 'missing';
+
 /** What changed in the store, for peers that keep an inventory of this node. */
 export interface ContentEvent {
   type: 'added' | 'removed';
   digest: string;
   size: number;
+  /** Set on removals. */
+  reason?: RemovalReason;
+}
+
+/** A stored blob (or manifest bytes) with what eviction and collection decide by. */
+export interface ContentEntry {
+  digest: string;
+  size: number;
+  created: number;
+  /** Last read or reference, ms since the epoch (at least `created`). */
+  accessed: number;
+}
+
+/** A link of a blob into a repository. */
+export interface LinkEntry {
+  repository: string;
+  digest: string;
+  size: number;
+  /** When the link was made (0 for links older than this field). */
+  created: number;
+}
+
+export interface ManifestEntry extends ManifestRecord {
+  repository: string;
+}
+
+export interface TagEntry extends TagRecord {
+  repository: string;
+  tag: string;
+}
+
+/** Outcome of re-hashing a stored blob. */
+export type VerifyOutcome = 'ok' | 'corrupt' | 'missing';
+
+/**
+ * A collection in progress: the store notes here every digest a write refers to while it runs (a manifest put's
+ * references, a blob commit or mount), and a sweep step never removes a noted digest.
+ */
+export interface SweepGuard {
+  readonly touched: ReadonlySet<string>;
+  close(): void;
+}
+
+/** What the lifecycle services (eviction, collection, scrub) need beyond the registry's view. */
+export interface ContentLifecycle {
+  /** Every stored blob with size, creation and access time. */
+  listEntries(opts?: IoOptions): Promise<ContentEntry[]>;
+  listLinks(opts?: IoOptions): Promise<LinkEntry[]>;
+  listManifests(opts?: IoOptions): Promise<ManifestEntry[]>;
+  listAllTags(opts?: IoOptions): Promise<TagEntry[]>;
+  /** True while a stream of the blob is open (a client or peer reading it). */
+  inUse(digest: string): boolean;
+  /** Starts noting referenced digests for a sweep; close() when the sweep ends. */
+  openSweepGuard(): SweepGuard;
+  /**
+   * Removes a blob's bytes and every record naming them (blob, links, and for manifest bytes the manifest, its
+   * tags and referrer entries). Refused (false) when `onlyIf` says no under the digest's lock, e.g. it is in use.
+   */
+  removeContent(digest: string, reason: RemovalReason, opts?: IoOptions & { onlyIf?: (entry: ContentEntry) => boolean }): Promise<boolean>;
+  /** Removes one repository's link when the guard did not see the digest referenced and `onlyIf` agrees. */
+  sweepLink(repository: string, digest: string, guard: SweepGuard, opts?: IoOptions & { olderThan?: number }): Promise<boolean>;
+  /** Removes an untagged manifest (and its link) unless the guard saw it referenced or it was re-put since `olderThan`. */
+  sweepManifest(repository: string, digest: string, guard: SweepGuard, opts?: IoOptions & { olderThan?: number }): Promise<boolean>;
+  /** Re-hashes a blob's bytes against its digest; corrupt bytes are removed (reason `corrupt`). */
+  verifyContent(digest: string, opts?: IoOptions): Promise<VerifyOutcome>;
+  /** Upload sessions not updated since `olderThan` (ms since the epoch) are removed; returns them. */
+  expireUploads(olderThan: number, opts?: IoOptions): Promise<UploadSession[]>;
 }
 
 export interface TagRecord {
@@ -164,12 +241,17 @@ export interface StoreStats {
 }
 
 /** Everything a registry node needs from its storage. */
-export interface ContentStore extends BlobReader, BlobIngester, UploadSessions, ManifestStore {
+export interface ContentStore extends BlobReader, BlobIngester, UploadSessions, ManifestStore, ContentLifecycle {
   open(opts?: IoOptions): Promise<void>;
   close(): Promise<void>;
   stats(opts?: IoOptions): Promise<StoreStats>;
   /** Every committed blob (and manifest) digest with its size. */
   listContent(opts?: IoOptions): Promise<BlobInfo[]>;
+  /**
+   * The chunk map of a blob this store can vouch for: computed from bytes verified against the digest (at commit,
+   * or now by re-hashing the whole blob, which removes it when its bytes are wrong). Undefined when not held.
+   */
+  chunkMap(digest: string, opts?: IoOptions): Promise<ChunkMap | undefined>;
   /** Calls `listener` after each blob that becomes or stops being stored; returns the unsubscribe function. */
   watch(listener: (event: ContentEvent) => void): () => void;
 }

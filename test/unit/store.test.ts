@@ -224,10 +224,10 @@ describe('ContentStore on disk: layout, restart and recovery', () => {
     assert.deepEqual(await s.stats(), { blobs: 0, bytes: 0 });
   });
 
-  it('recovery: a blob file without a record is recorded on open', async () => {
+  it('recovery: a blob file without a record is deleted on open (its write was never acknowledged, or its removal was)', async () => {
     await store!.writeBlob('r', chunks('known'), {});
     await closeStore();
-    const data = Buffer.from('adopted blob bytes');
+    const data = Buffer.from('bytes a crash left behind');
     const digest = sha256(data);
     await mkdir(join(blobPath(dir, digest), '..'), { recursive: true });
     await writeFile(blobPath(dir, digest), data);
@@ -236,12 +236,33 @@ describe('ContentStore on disk: layout, restart and recovery', () => {
     await writeFile(join(dir, 'blobs', 'sha256', 'zz', 'not-a-digest'), 'x');
 
     const s = await reopen();
-    assert.deepEqual(await s.statContent(digest), { digest, size: data.length });
-    assert.deepEqual(await s.stats(), { blobs: 2, bytes: 5 + data.length });
-    assert.ok((await readAll(s, digest)).equals(data));
-    assert.equal(await s.statBlob('r', digest), undefined, 'recorded, but linked into no repository');
-    assert.deepEqual(await s.mountBlob('r', digest, undefined), { digest, size: data.length });
-    assert.deepEqual(await s.stats(), { blobs: 2, bytes: 5 + data.length }, 'mounting the adopted blob does not count it twice');
+    assert.equal(await s.statContent(digest), undefined);
+    await assert.rejects(stat(blobPath(dir, digest)), /ENOENT/);
+    assert.deepEqual(await s.stats(), { blobs: 1, bytes: 5 });
+    assert.equal(await s.mountBlob('r', digest, undefined), undefined, 'a deleted blob does not come back');
+  });
+
+  it('recovery: a manifest whose file is gone takes its tags, links and referrer entries with it', async () => {
+    const layer = await store!.writeBlob('r', chunks('layer bytes'), {});
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', layers: [{ digest: layer.digest }] }));
+    const m = await store!.putManifest({ repository: 'r', bytes, mediaType: 'application/vnd.oci.image.manifest.v1+json', tag: 'v1', references: [layer.digest] });
+    await closeStore();
+    await rm(blobPath(dir, m.digest));
+    const s = await reopen();
+    assert.equal(await s.getManifest('r', m.digest), undefined);
+    assert.equal(await s.resolveTag('r', 'v1'), undefined);
+    assert.equal(await s.statBlob('r', m.digest), undefined);
+    assert.deepEqual(await s.statBlob('r', layer.digest), layer, 'the layer stays');
+  });
+
+  it('recovery: a blob file whose size differs from its record is dropped with its links', async () => {
+    const info = await store!.writeBlob('r', chunks('twelve bytes'), {});
+    await closeStore();
+    await truncate(blobPath(dir, info.digest), 3);
+    const s = await reopen();
+    assert.equal(await s.statBlob('r', info.digest), undefined);
+    assert.deepEqual(await s.listLinks(), []);
+    await assert.rejects(stat(blobPath(dir, info.digest)), /ENOENT/);
   });
 
   it('recovery: a blob record whose file is gone is dropped from the totals', async () => {
