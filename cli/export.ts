@@ -10,9 +10,9 @@ import {
   openNodeStore,
   parseInventory,
   parsePlatforms,
-  parseSize,
   type ImageSource,
 } from '../src/bundle/index.ts';
+import { parseSize } from '../src/limits/size.ts';
 import { UsageError } from './errors.ts';
 import { checkUrl, commandProgress, interruptSignal, printResult, registryAccess, reportFailure, type RegistryAccessFlags } from './bundle-options.ts';
 
@@ -65,7 +65,7 @@ export async function exportCommand(refs: string[], flags: ExportFlags): Promise
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
-  if (splitSize !== undefined && splitSize < 1024 * 1024) throw new UsageError('--split must be at least 1M');
+  if (splitSize !== undefined && splitSize < 1_000_000) throw new UsageError('--split must be at least 1M (1000000 bytes)');
   let have;
   if (flags.have) {
     try {

@@ -1,5 +1,6 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, LOG_LEVELS } from '../src/config/index.ts';
+import { SIZE_HELP } from '../src/limits/size.ts';
 import { UsageError } from './errors.ts';
 import type { ServeFlags } from './serve.ts';
 import { containerdConfigCommand } from './containerd-config.ts';
@@ -32,8 +33,9 @@ export function buildProgram(): Command {
     .option('--peers-dns <name>', 'DNS name whose addresses are peers, e.g. a headless Service [env SHOAL_PEERS_DNS]')
     .option('--mdns', 'find peers by mDNS on a flat LAN')
     .option('--zone <label>', 'topology label; peers with the same label are preferred [env SHOAL_ZONE]')
-    .option('--max-peer-upload <rate>', 'cap on serving peers, e.g. 50M or 400Mbit (per second) [default: none]')
-    .option('--max-seed-rate <rate>', 'cap on the seed link, e.g. 10M or 80Mbit (per second) [default: none]')
+    .option('--max-peer-upload <rate>', 'cap on serving peers, bytes or bits per second, e.g. 50M, 20Mi or 400Mbit [default: none]')
+    .option('--max-seed-rate <rate>', 'cap on the seed link, bytes or bits per second, e.g. 10M, 8Mi or 80Mbit [default: none]')
+    .addHelpText('after', `\n${SIZE_HELP}`)
     .action(async (opts: ServeFlags) => {
       const { serveCommand } = await import('./serve.ts');
       await serveCommand(opts);
@@ -97,9 +99,10 @@ function addBundleCommands(program: Command): void {
       .option('--platform <os/arch,...>', 'only these platforms of multi-platform images, e.g. linux/amd64,linux/arm64')
       .option('--have <inventory>', 'leave out the blobs listed in this file (from `shoal inventory` on the site)')
       .option('--sign <key.pem>', 'sign the bundle with this ed25519 private key')
-      .option('--split <size>', 'write parts of at most this size (e.g. 4G, 700M) plus FILE.parts.json')
+      .option('--split <size>', 'write parts of at most this size (e.g. 4G = 4000000000 bytes, 700Mi) plus FILE.parts.json')
       .option('--no-referrers', 'leave out signatures, SBOMs and other referrers')
-      .option('--json', 'print progress and the result as JSON lines on stdout'),
+      .option('--json', 'print progress and the result as JSON lines on stdout')
+      .addHelpText('after', `\n${SIZE_HELP}`),
     'the --from registry',
   ).action(async (refs: string[], opts: ExportFlags) => {
     await (await import('./export.ts')).exportCommand(refs, opts);

@@ -18,6 +18,9 @@
 import { Digest, isValidTag, parseReference, type Platform, type Reference } from '../oci/index.ts';
 import { BundleRefusedError } from './errors.ts';
 
+/** Sizes are written and read by one module for the whole program. */
+export { formatBytes } from '../limits/size.ts';
+
 export const BUNDLE_MANIFEST_FILE = 'shoal-bundle.json';
 export const BUNDLE_SIGNATURE_FILE = 'shoal-bundle.sig';
 export const OCI_LAYOUT_FILE = 'oci-layout';
@@ -241,28 +244,6 @@ export function blobDigestOfPath(path: string): string | undefined {
 export function blobPathOf(digest: string): string {
   const d = Digest.parse(digest);
   return `blobs/${d.algorithm}/${d.hex}`;
-}
-
-/** `4G`, `700M`, `4.7GB`, `650MiB`, `1048576` -> bytes. Decimal and binary suffixes both mean 1024 steps, as dd does. */
-export function parseSize(text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i.exec(text);
-  if (!m) throw new Error(`${JSON.stringify(text)} is not a size; write e.g. 4G, 700M or 1048576`);
-  const unit = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
-  const bytes = Math.floor(Number(m[1]) * unit);
-  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new Error(`${JSON.stringify(text)} is not a usable size`);
-  return bytes;
-}
-
-/** `1.5 GiB`, `312 MiB`, `12 KiB`, `512 B`. */
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${Math.round(n)} B` : `${v >= 100 ? v.toFixed(0) : v.toFixed(1)} ${units[i]}`;
 }
 
 /** A platform as `--platform` names it: os/arch[/variant]. */

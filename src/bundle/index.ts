@@ -15,7 +15,7 @@ export { RegistryImageSource, StoreImageSource, type ImageSource } from './sourc
 export { StoreTarget, NodeTarget, VerifyTarget, type BundleTarget } from './targets.ts';
 export { loadSigningKey, loadTrustedKey, type SigningKey, type TrustedKey } from './signing.ts';
 export { progressFor, type ProgressReporter } from './progress.ts';
-export { parseInventory, parsePlatforms, parseSize, formatBytes, STAGING_REPOSITORY, type Inventory, type PlatformSelector } from './format.ts';
+export { parseInventory, parsePlatforms, formatBytes, STAGING_REPOSITORY, type Inventory, type PlatformSelector } from './format.ts';
 
 /** Checks an image reference as `shoal export` takes it; throws a plain Error that says what is wrong. */
 export function checkImageReference(text: string): void {

@@ -60,18 +60,3 @@ export class TokenBucket {
     }
   }
 }
-
-/** Parses a rate such as `50M`, `100Mbit`, `2MiB` (per second) into bytes per second; 0 or empty is unlimited. */
-export function parseRate(value: string | number | undefined): number {
-  if (value === undefined || value === '' || value === 0 || value === '0') return 0;
-  if (typeof value === 'number') return value;
-  const m = /^(\d+(?:\.\d+)?)\s*(k|m|g)?(i?b|bit|bps)?(\/s)?$/i.exec(value.trim());
-  if (!m) throw new Error(`invalid rate ${JSON.stringify(value)}: use bytes per second such as 50M, 20MiB or 100Mbit`);
-  const n = Number(m[1]);
-  const unit = (m[2] ?? '').toLowerCase();
-  const binary = (m[3] ?? '').toLowerCase().startsWith('i');
-  const base = binary ? 1024 : 1000;
-  const mult = unit === 'k' ? base : unit === 'm' ? base ** 2 : unit === 'g' ? base ** 3 : 1;
-  const bits = /^(bit|bps)$/i.test(m[3] ?? '');
-  return Math.floor((n * mult) / (bits ? 8 : 1));
-}

@@ -20,13 +20,13 @@ import {
   parseInventory,
   parsePartsList,
   parsePlatforms,
-  parseSize,
   platformMatches,
   storeRepository,
 } from '../../src/bundle/format.ts';
 import { JsonProgress, LineProgress, TerminalProgress, TransferMeter, describeSnapshot, formatDuration, renderBar } from '../../src/bundle/progress.ts';
 import { checkBundleSignature, loadSigningKey, loadTrustedKey, signBundleManifest } from '../../src/bundle/signing.ts';
 import { parseReference } from '../../src/oci/index.ts';
+import { parseSize } from '../../src/limits/size.ts';
 
 const HEX = 'a'.repeat(64);
 
@@ -63,11 +63,11 @@ describe('bundle entry paths', () => {
 });
 
 describe('bundle options', () => {
-  it('parses sizes with binary units', () => {
-    assert.equal(parseSize('4G'), 4 * 1024 ** 3);
-    assert.equal(parseSize('700M'), 700 * 1024 ** 2);
+  it('reads --split sizes by the one size rule (src/limits/size.ts): G is 10^9, Gi is 2^30', () => {
+    assert.equal(parseSize('4G'), 4_000_000_000);
+    assert.equal(parseSize('700Mi'), 700 * 1024 ** 2);
     assert.equal(parseSize('650MiB'), 650 * 1024 ** 2);
-    assert.equal(parseSize('4.5G'), 4.5 * 1024 ** 3);
+    assert.equal(parseSize('4.5Gi'), 4.5 * 1024 ** 3);
     assert.equal(parseSize('1048576'), 1048576);
     assert.throws(() => parseSize('lots'), /not a size/);
     assert.throws(() => parseSize('0'), /not a usable size/);

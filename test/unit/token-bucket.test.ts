@@ -1,58 +1,12 @@
 /**
- * src/limits/token-bucket.ts: parseRate (the units operators write in --max-peer-upload and --max-seed-rate) and
- * TokenBucket (the byte-rate limiter). Timing is checked with lower bounds only, loosely, so a slow machine cannot
+ * src/limits/token-bucket.ts: TokenBucket (the byte-rate limiter; the rates operators write are read by
+ * src/limits/size.ts, tested in size.test.ts). Timing is checked with lower bounds only, loosely, so a slow machine cannot
  * make these fail.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { getEventListeners } from 'node:events';
-import { TokenBucket, parseRate } from '../../src/limits/token-bucket.ts';
-
-describe('parseRate', () => {
-  it('reads 0 and empty as unlimited', () => {
-    assert.equal(parseRate('0'), 0);
-    assert.equal(parseRate(0), 0);
-    assert.equal(parseRate(''), 0);
-    assert.equal(parseRate(undefined), 0);
-  });
-
-  it('reads plain numbers as bytes per second', () => {
-    assert.equal(parseRate('1000'), 1000);
-    assert.equal(parseRate(12345), 12345);
-    assert.equal(parseRate('512B'), 512);
-  });
-
-  it('reads decimal byte units (k, M, G)', () => {
-    assert.equal(parseRate('50M'), 50_000_000);
-    assert.equal(parseRate('50m'), 50_000_000);
-    assert.equal(parseRate('10k'), 10_000);
-    assert.equal(parseRate('2G'), 2_000_000_000);
-    assert.equal(parseRate('50MB'), 50_000_000);
-    assert.equal(parseRate('1.5M'), 1_500_000);
-    assert.equal(parseRate('50M/s'), 50_000_000);
-  });
-
-  it('reads binary byte units (KiB, MiB, GiB)', () => {
-    assert.equal(parseRate('20MiB'), 20 * 1024 * 1024);
-    assert.equal(parseRate('64KiB'), 64 * 1024);
-    assert.equal(parseRate('1GiB'), 1024 ** 3);
-    assert.equal(parseRate('20mib'), 20 * 1024 * 1024);
-  });
-
-  it('reads bit units as an eighth of the bytes', () => {
-    assert.equal(parseRate('100Mbit'), 12_500_000);
-    assert.equal(parseRate('400Mbit'), 50_000_000);
-    assert.equal(parseRate('1Gbit'), 125_000_000);
-    assert.equal(parseRate('8kbit'), 1_000);
-    assert.equal(parseRate('100Mbps'), 12_500_000);
-  });
-
-  it('refuses what is not a rate, with a message that shows the accepted forms', () => {
-    for (const bad of ['fast', '-5M', '5 parsecs', 'M', '5MX', '1e6']) {
-      assert.throws(() => parseRate(bad), (err: Error) => /invalid rate/.test(err.message) && /50M/.test(err.message), `parseRate(${JSON.stringify(bad)})`);
-    }
-  });
-});
+import { TokenBucket } from '../../src/limits/token-bucket.ts';
 
 describe('TokenBucket', () => {
   it('is unlimited at rate 0: take() resolves at once', async () => {
