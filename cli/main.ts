@@ -1,7 +1,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, LOG_LEVELS } from '../src/config/index.ts';
 import { SIZE_HELP } from '../src/limits/size.ts';
-import { UsageError } from './errors.ts';
+import { ExitStatus, UsageError } from './errors.ts';
 import type { ServeFlags } from './serve.ts';
 import { containerdConfigCommand } from './containerd-config.ts';
 import { BUNDLE_REFUSED_EXIT_CODE, BundleRefusedError } from '../src/bundle/errors.ts';
@@ -35,6 +35,10 @@ export function buildProgram(): Command {
     .option('--zone <label>', 'topology label; peers with the same label are preferred [env SHOAL_ZONE]')
     .option('--max-peer-upload <rate>', 'cap on serving peers, bytes or bits per second, e.g. 50M, 20Mi or 400Mbit [default: none]')
     .option('--max-seed-rate <rate>', 'cap on the seed link, bytes or bits per second, e.g. 10M, 8Mi or 80Mbit [default: none]')
+    .option('--max-store <size>', 'quota of stored content, e.g. 40Gi; least recently used unpinned blobs are evicted above it [env SHOAL_MAX_STORE]')
+    .option('--min-free <size|pct>', 'free space to keep on the data file system, e.g. 10% or 5Gi [env SHOAL_MIN_FREE]')
+    .option('--gc-interval <duration>', 'how often garbage collection runs, e.g. 6h; 0: only on demand [default: 6h, env SHOAL_GC_INTERVAL]')
+    .option('--scrub-rate <rate>', 'bytes per second the background scrub re-hashes, e.g. 10M; 0: off [default: 10M, env SHOAL_SCRUB_RATE]')
     .addHelpText('after', `\n${SIZE_HELP}`)
     .action(async (opts: ServeFlags) => {
       const { serveCommand } = await import('./serve.ts');
@@ -70,6 +74,7 @@ export function buildProgram(): Command {
       await containerdConfigCommand(opts);
     });
   addBundleCommands(program);
+  addLifecycleCommands(program);
   return program;
 }
 
@@ -145,6 +150,40 @@ function addBundleCommands(program: Command): void {
   });
 }
 
+/** gc, status, fsck: the store's lifecycle. */
+function addLifecycleCommands(program: Command): void {
+  program
+    .command('gc')
+    .description('collect garbage: untagged manifests, unreferenced blobs, abandoned uploads and staged imports (prints each with its reason)')
+    .option('--node <url>', 'a running node, e.g. http://127.0.0.1:5000')
+    .option('--data <dir>', 'the data directory of a stopped node')
+    .option('-c, --config <file>', "with --data: the node's config file (grace periods, retention rules)")
+    .option('--dry-run', 'only report what would be removed')
+    .option('--json', 'print the report as JSON')
+    .action(async (opts: { node?: string; data?: string; dryRun?: boolean; json?: boolean; config?: string }) => {
+      await (await import('./lifecycle.ts')).gcCommand(opts);
+    });
+  program
+    .command('status')
+    .description("a running node's disk use against its quota and free-space mark, pins, last GC and scrub, peers")
+    .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
+    .option('--json', 'print JSON')
+    .action(async (opts: { node: string; json?: boolean }) => {
+      await (await import('./lifecycle.ts')).statusCommand(opts);
+    });
+  program
+    .command('fsck')
+    .description("check a stopped node's store: blob bytes against digests, records against files, links, tags, pins, sessions")
+    .requiredOption('--data <dir>', 'the data directory of a stopped node')
+    .option('--repair', 'fix what is found: remove bad blobs and dangling records (each action is printed)')
+    .option('--fast', 'do not re-hash blob bytes (records, files and sizes only)')
+    .option('--json', 'print the report as JSON')
+    .action(async (opts: { data: string; repair?: boolean; fast?: boolean; json?: boolean }) => {
+      const code = await (await import('./lifecycle.ts')).fsckCommand(opts);
+      if (code !== 0) throw new ExitStatus(code);
+    });
+}
+
 /** Runs the CLI and returns the process exit code. */
 export async function main(argv: string[]): Promise<number> {
   try {
@@ -152,6 +191,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    if (err instanceof ExitStatus) return err.code;
     if (err instanceof BundleRefusedError) {
       process.stderr.write(`shoal: bundle refused: ${err.message}\n`);
       return BUNDLE_REFUSED_EXIT_CODE;

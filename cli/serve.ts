@@ -15,6 +15,10 @@ export interface ServeFlags {
   zone?: string;
   maxPeerUpload?: string;
   maxSeedRate?: string;
+  maxStore?: string;
+  minFree?: string;
+  gcInterval?: string;
+  scrubRate?: string;
 }
 
 /** `shoal serve`: starts a node and runs until SIGTERM or SIGINT. */
@@ -35,6 +39,10 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
       zone: flags.zone,
       maxPeerUpload: flags.maxPeerUpload,
       maxSeedRate: flags.maxSeedRate,
+      maxStore: flags.maxStore,
+      minFree: flags.minFree,
+      gcInterval: flags.gcInterval,
+      scrubRate: flags.scrubRate,
     },
   });
   // Signals are handled from the start: one that arrives while the node starts stops it as soon as it is up.

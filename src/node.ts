@@ -4,7 +4,10 @@ import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import './polyfill.ts';
-import { parseListen, type ShoalConfig } from './config/index.ts';
+import { lifecycleSettings, parseListen, type ShoalConfig } from './config/index.ts';
+import { StoreLifecycle } from './life/service.ts';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { TokenBucket } from './limits/token-bucket.ts';
 import { parseRate } from './limits/size.ts';
 import { readClusterKey } from './p2p/keys.ts';
@@ -17,8 +20,12 @@ import { openDiskStore, type ContentStore } from './store/index.ts';
 import { PullMetrics } from './source/metrics.ts';
 import { PullThrough } from './source/pull-through.ts';
 import type { SeedDirectory, SeedSet } from './source/types.ts';
+import type { RepositoryTarget } from './source/pull-through.ts';
 import { SeedClient } from './upstream/index.ts';
 import type { SeedConfig } from './config/index.ts';
+
+/** The version `shoal status` reports. */
+const NODE_VERSION = '0.1.0';
 
 /** The configured seeds as clients: `seeds` for requests without `?ns=`, `registries` by host. */
 class ConfiguredSeeds implements SeedDirectory {
@@ -41,6 +48,19 @@ class ConfiguredSeeds implements SeedDirectory {
     }
   }
 
+  /** How a stored repository is pulled: `<registry>/<path>` of a configured registry is namespaced by it. */
+  targetFor(repository: string): RepositoryTarget {
+    const slash = repository.indexOf('/');
+    if (slash > 0) {
+      const first = repository.slice(0, slash);
+      for (const host of this.byRegistry.keys()) {
+        if (host.replace(':', '-') === first) return { repository, upstream: repository.slice(slash + 1), namespace: host };
+      }
+      if (first === 'docker.io') return { repository, upstream: repository.slice(slash + 1), namespace: 'docker.io' };
+    }
+    return { repository, upstream: repository };
+  }
+
   seedsFor(namespace: string | undefined): SeedSet | undefined {
     if (namespace === undefined) return this.fallback;
     return this.byRegistry.get(namespace) ?? (namespace === 'docker.io' ? this.byRegistry.get('registry-1.docker.io') : undefined);
@@ -60,6 +80,8 @@ export interface ShoalNode {
   readonly logger: Logger;
   /** The peer network, when P2P is on. */
   readonly peers?: PeerService;
+  /** Quota and eviction, GC, scrub. */
+  readonly lifecycle: StoreLifecycle;
   stop(): Promise<void>;
 }
 
@@ -113,6 +135,29 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     pull.connectNetwork(peers);
   }
   const peerService = peers;
+  const startedAt = Date.now();
+  const lifecycle = new StoreLifecycle({
+    store,
+    dataDir,
+    logger,
+    metrics: metricsRegistry,
+    ...lifecycleSettings(config),
+    retention: config.retention,
+    refetch:
+      seeds.clients.length > 0 || peerService
+        ? async (repository, digest, kind, o) => {
+            const target = seeds.targetFor(repository);
+            if (kind === 'manifest') {
+              await pull.manifest(target, { kind: 'digest', digest }, o);
+              return;
+            }
+            const blob = await pull.blob(target, digest, o);
+            // Reading it to the end is what makes the fetch commit it.
+            await pipeline(Readable.from(await blob.open(undefined, o)), new Writable({ write: (_c, _e, cb) => cb() }), { signal: o.signal });
+          }
+        : undefined,
+  });
+  lifecycle.start();
   let accepting = true;
   const app = createRegistryApp({
     deps: {
@@ -124,6 +169,17 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       maxManifestBytes: config.maxManifestBytes,
       deleteEnabled: config.deleteEnabled,
       ready: () => accepting,
+      admin: {
+        status: async (o) => ({
+          version: NODE_VERSION,
+          uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
+          dataDir,
+          store: await store.stats(),
+          ...(await lifecycle.status(o)),
+          peers: peerService ? { enabled: true, connected: peerService.summary().length } : { enabled: false, connected: 0 },
+        }),
+        runGc: (o) => lifecycle.runGc(o),
+      },
       peerStatus: peerService ? () => ({ enabled: true, self: peerService.selfId, addresses: peerService.addresses(), peers: peerService.summary() }) : undefined,
     },
     metricsRegistry,
@@ -160,6 +216,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       });
     });
   } catch (err) {
+    await lifecycle.stop();
     await peerService?.stop();
     await seeds.close();
     await store.close();
@@ -187,6 +244,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       // Handlers see their sockets close and finish their store work (commit, roll back or keep the session).
       if (active > 0) await new Promise<void>((ok) => (onIdle = ok));
       await fetchesStopped;
+      await lifecycle.stop();
       await peerService?.stop();
       await seeds.close();
       await store.close();
@@ -195,5 +253,5 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     })();
     return stopping;
   };
-  return { port: bound, url, store, metrics: metricsRegistry, logger, peers: peerService, stop };
+  return { port: bound, url, store, metrics: metricsRegistry, logger, peers: peerService, lifecycle, stop };
 }

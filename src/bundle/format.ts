@@ -39,7 +39,7 @@ export const MAX_BUNDLE_MANIFEST_BYTES = 64 * 1024 * 1024;
 /** Parts of a split bundle: FILE.part001 ... FILE.part999. */
 export const MAX_PARTS = 999;
 /** Where an import keeps verified blobs until the images naming them are written. */
-export const STAGING_REPOSITORY = 'shoal-import';
+export { STAGING_REPOSITORY } from '../store/index.ts';
 
 export interface BundleFile {
   path: string;

@@ -1,6 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
-import { parseRate } from '../limits/size.ts';
+import ms from 'ms';
+import { parsePercentOrSize, parseRate, parseSize } from '../limits/size.ts';
+import { parseRetentionRules, type RetentionRule } from '../life/retention.ts';
 
 /** Log levels pino understands, plus `silent`. */
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
@@ -60,6 +62,20 @@ export interface ShoalConfig {
   maxChunkStreams: number;
   /** Chunks fetched from peers at once for one blob. */
   parallelChunks: number;
+  /** Bytes of stored content allowed, e.g. 40Gi; 0: no quota. Above it, least recently used blobs are evicted. */
+  maxStore: string;
+  /** Free space to keep on the data file system, e.g. 10% or 5Gi; empty: none. */
+  minFree: string;
+  /** How often garbage collection runs, e.g. 6h; 0: only on demand (shoal gc). */
+  gcInterval: string;
+  /** Unreferenced content younger than this is not collected (pushes in progress), e.g. 1h. */
+  gcGrace: string;
+  /** Upload sessions idle this long are abandoned, e.g. 24h. */
+  uploadTimeout: string;
+  /** Bytes per second the background scrub re-hashes, e.g. 10M; 0: off. */
+  scrubRate: string;
+  /** Tag retention rules per repository prefix. */
+  retention: RetentionRule[];
 }
 
 export function defaultConfig(): ShoalConfig {
@@ -85,6 +101,13 @@ export function defaultConfig(): ShoalConfig {
     maxSeedRate: '0',
     maxChunkStreams: 32,
     parallelChunks: 4,
+    maxStore: '0',
+    minFree: '',
+    gcInterval: '6h',
+    gcGrace: '1h',
+    uploadTimeout: '24h',
+    scrubRate: '10M',
+    retention: [],
   };
 }
 
@@ -106,7 +129,7 @@ export function parseListen(value: string, setting = 'listen'): ListenAddress {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
-const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' | 'boolean' | 'seeds' | 'registries'> = {
+const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' | 'boolean' | 'seeds' | 'registries' | 'retention'> = {
   dataDir: 'string',
   listen: 'string',
   logLevel: 'string',
@@ -128,7 +151,47 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   maxSeedRate: 'optional',
   maxChunkStreams: 'number',
   parallelChunks: 'number',
+  maxStore: 'optional',
+  minFree: 'optional',
+  gcInterval: 'optional',
+  gcGrace: 'optional',
+  uploadTimeout: 'optional',
+  scrubRate: 'optional',
+  retention: 'retention',
 };
+
+/** A duration setting in milliseconds: `90s`, `15m`, `6h`, `2d`, or a number of milliseconds; 0 allowed. */
+export function parseDuration(value: string, setting: string): number {
+  const n = /^\d+$/.test(value.trim()) ? Number(value) : ms(value.trim() as ms.StringValue);
+  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) throw new ConfigError(`${setting}: ${JSON.stringify(value)} is not a duration; write e.g. 90s, 15m, 6h or 2d`);
+  return n;
+}
+
+/** The lifecycle settings as numbers (validated by validateConfig). */
+export function lifecycleSettings(config: ShoalConfig): {
+  maxStore: number;
+  minFree?: ReturnType<typeof parsePercentOrSize>;
+  gcIntervalMs: number;
+  gcGraceMs: number;
+  uploadTimeoutMs: number;
+  scrubRate: number;
+} {
+  const wrap = <T>(setting: string, f: () => T): T => {
+    try {
+      return f();
+    } catch (err) {
+      throw new ConfigError(`${setting}: ${(err as Error).message}`);
+    }
+  };
+  return {
+    maxStore: wrap('maxStore', () => parseSize(config.maxStore || '0', { allowZero: true })),
+    minFree: config.minFree ? wrap('minFree', () => parsePercentOrSize(config.minFree)) : undefined,
+    gcIntervalMs: parseDuration(config.gcInterval || '0', 'gcInterval'),
+    gcGraceMs: parseDuration(config.gcGrace, 'gcGrace'),
+    uploadTimeoutMs: parseDuration(config.uploadTimeout, 'uploadTimeout'),
+    scrubRate: wrap('scrubRate', () => parseRate(config.scrubRate)),
+  };
+}
 
 function seedList(value: unknown, origin: string): SeedConfig[] {
   // A comma-separated string of URLs (environment), a list of URLs, or a list of seed objects.
@@ -163,6 +226,21 @@ export function envName(key: string): string {
 function coerce(key: keyof ShoalConfig, value: unknown, origin: string): unknown {
   const kind = KEYS[key];
   if (kind === 'seeds') return seedList(value, `${key} (${origin})`);
+  if (kind === 'retention') {
+    let parsed = value;
+    if (typeof value === 'string') {
+      try {
+        parsed = JSON.parse(value);
+      } catch {
+        throw new ConfigError(`${key} (${origin}): expected JSON such as [{"prefix":"docker.io/","keepLast":5}]`);
+      }
+    }
+    try {
+      return parseRetentionRules(parsed, `${key} (${origin})`);
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
+    }
+  }
   if (kind === 'registries') {
     if (typeof value === 'string') {
       try {
@@ -224,6 +302,7 @@ export function validateConfig(config: ShoalConfig): ShoalConfig {
       throw new ConfigError(`${key}: ${(err as Error).message}`);
     }
   }
+  lifecycleSettings(config);
   if (config.parallelChunks < 1 || config.maxChunkStreams < 1) throw new ConfigError('parallelChunks and maxChunkStreams must be at least 1');
   if (config.maxManifestBytes < 4 * 1024 * 1024) throw new ConfigError('maxManifestBytes: must be at least 4194304 (4 MiB), as the OCI spec requires');
   return config;

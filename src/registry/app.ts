@@ -4,6 +4,7 @@ import { AbortedError, OCI_STATUS, ShoalError, isShoalError } from '../oci/index
 import type { RegistryDeps, RegistryState } from './context.ts';
 import { matchRoute } from './routes.ts';
 import { handlePins } from './pins.ts';
+import { handleAdmin } from './admin.ts';
 
 /** Turns a thrown value into the OCI error it is. Unknown errors become INTERNAL, logged with their stack. */
 function toShoalError(err: unknown): ShoalError {
@@ -122,6 +123,11 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
     if (ctx.path === '/shoal/peers') {
       state.route = 'peers';
       ctx.body = deps.peerStatus ? deps.peerStatus() : { enabled: false, peers: [] };
+      return;
+    }
+    if (ctx.path === '/shoal/status' || ctx.path === '/shoal/gc') {
+      state.route = ctx.path === '/shoal/gc' ? 'gc' : 'status';
+      await handleAdmin(ctx, deps);
       return;
     }
     const pin = /^\/shoal\/pins\/(.+)@([^/@]+)$/.exec(ctx.path);

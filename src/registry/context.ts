@@ -18,6 +18,16 @@ export interface RegistryDeps {
   peerStatus?: () => unknown;
   /** True while the node accepts work; /readyz reports it. */
   ready: () => boolean;
+  /** The node's own operations (status, garbage collection) for the admin API. */
+  admin?: NodeAdmin;
+}
+
+/** Operations on the node as a whole, served under /shoal/. */
+export interface NodeAdmin {
+  /** What `GET /shoal/status` answers: disk, quota, pins, last GC and scrub, peers. */
+  status(opts: { signal?: AbortSignal }): Promise<unknown>;
+  /** Runs a garbage collection (or reports what one would remove) and returns its report. */
+  runGc(opts: { dryRun: boolean; signal?: AbortSignal }): Promise<unknown>;
 }
 
 /** Parameters a route pattern extracted from the path. */

@@ -1,6 +1,9 @@
 import type { Readable } from 'node:stream';
 import type { ChunkMap } from '../oci/index.ts';
 
+/** The repository where an import stages blobs until the manifests that name them are in. */
+export const STAGING_REPOSITORY = 'shoal-import';
+
 /** Options every async I/O call takes. */
 export interface IoOptions {
   signal?: AbortSignal;

@@ -1,0 +1,172 @@
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+import type { SizeOrPercent } from '../limits/size.ts';
+import type { ContentEvent, ContentStore, IoOptions } from '../store/index.ts';
+import { collectGarbage, type GcReport } from './gc.ts';
+import { LifecycleMetrics } from './metrics.ts';
+import { StoreQuota, type QuotaStatus } from './quota.ts';
+import { ReachabilityWalk } from './reachability.ts';
+import type { RetentionRule } from './retention.ts';
+import { Scrubber, type ScrubStatus } from './scrub.ts';
+
+export interface LifecycleOptions {
+  store: ContentStore;
+  dataDir: string;
+  logger: Logger;
+  metrics: Registry;
+  maxStore: number;
+  minFree?: SizeOrPercent;
+  gcIntervalMs: number;
+  gcGraceMs: number;
+  uploadTimeoutMs: number;
+  scrubRate: number;
+  retention: RetentionRule[];
+  /**
+   * Fetches content again into `repository` (from peers or a seed) and waits until it is stored; used for pinned
+   * content that was lost (corrupt bytes, a lost file). Without it, lost pinned content is only reported.
+   */
+  refetch?: (repository: string, digest: string, kind: 'manifest' | 'blob', opts: IoOptions) => Promise<void>;
+}
+
+export interface GcSummary {
+  at: string;
+  dryRun: boolean;
+  tags: number;
+  manifests: number;
+  blobs: number;
+  uploads: number;
+  bytesFreed: number;
+  ms: number;
+  error?: string;
+}
+
+export interface LifecycleStatus {
+  quota: QuotaStatus;
+  pins: number;
+  scrub: ScrubStatus;
+  lastGc?: GcSummary;
+  gcIntervalMs: number;
+}
+
+/** The store's lifecycle services, started and stopped by the node: quota and eviction, GC, scrub, pin repair. */
+export class StoreLifecycle {
+  readonly metrics: LifecycleMetrics;
+  private readonly opts: LifecycleOptions;
+  private readonly quota: StoreQuota;
+  private readonly scrub: Scrubber;
+  private readonly controller = new AbortController();
+  private gcTimer?: NodeJS.Timeout;
+  private gcRunning?: Promise<GcReport>;
+  private lastGc?: GcSummary;
+  private unwatch?: () => void;
+  private readonly repairs = new Set<Promise<void>>();
+
+  constructor(opts: LifecycleOptions) {
+    this.opts = opts;
+    this.metrics = new LifecycleMetrics(opts.metrics);
+    this.quota = new StoreQuota({ store: opts.store, dataDir: opts.dataDir, maxStore: opts.maxStore, minFree: opts.minFree, logger: opts.logger, metrics: this.metrics });
+    this.scrub = new Scrubber({ store: opts.store, rate: opts.scrubRate, logger: opts.logger, metrics: this.metrics });
+  }
+
+  start(): void {
+    this.quota.start();
+    this.scrub.start();
+    this.unwatch = this.opts.store.watch((e) => this.onContentEvent(e));
+    if (this.opts.gcIntervalMs > 0) {
+      this.gcTimer = setInterval(() => {
+        void this.runGc({}).catch((err) => this.opts.logger.error({ err }, 'garbage collection failed'));
+      }, this.opts.gcIntervalMs);
+      this.gcTimer.unref();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.controller.abort();
+    clearInterval(this.gcTimer);
+    this.unwatch?.();
+    await Promise.allSettled([this.quota.stop(), this.scrub.stop(), this.gcRunning, ...this.repairs]);
+  }
+
+  /** A write failed for lack of space: evict now. */
+  storageFull(): void {
+    this.quota.poke();
+  }
+
+  /** Waits for the quota check under way (tests, status). */
+  settled(): Promise<void> {
+    return this.quota.settled();
+  }
+
+  async status(opts: IoOptions = {}): Promise<LifecycleStatus> {
+    return {
+      quota: await this.quota.status(opts),
+      pins: (await this.opts.store.listPins(opts)).length,
+      scrub: this.scrub.status(),
+      lastGc: this.lastGc,
+      gcIntervalMs: this.opts.gcIntervalMs,
+    };
+  }
+
+  /** One collection at a time: a request while one runs waits for it and then runs its own. */
+  async runGc(opts: { dryRun?: boolean; signal?: AbortSignal }): Promise<GcReport> {
+    while (this.gcRunning) await this.gcRunning.catch(() => undefined);
+    const signal = opts.signal ? AbortSignal.any([opts.signal, this.controller.signal]) : this.controller.signal;
+    const run = collectGarbage(this.opts.store, {
+      graceMs: this.opts.gcGraceMs,
+      uploadTimeoutMs: this.opts.uploadTimeoutMs,
+      retention: this.opts.retention,
+      dryRun: opts.dryRun,
+      signal,
+    });
+    this.gcRunning = run;
+    try {
+      const report = await run;
+      const { items: _items, started, ...counts } = report;
+      this.lastGc = { at: started, ...counts };
+      if (!report.dryRun) {
+        this.metrics.gcRuns.inc({ result: 'ok' });
+        this.metrics.gcFreedBytes.inc(report.bytesFreed);
+      }
+      this.opts.logger.info({ ...counts }, report.dryRun ? 'garbage collection (dry run)' : 'garbage collection');
+      return report;
+    } catch (err) {
+      if (!opts.dryRun) this.metrics.gcRuns.inc({ result: 'error' });
+      this.lastGc = { at: new Date().toISOString(), dryRun: opts.dryRun === true, tags: 0, manifests: 0, blobs: 0, uploads: 0, bytesFreed: 0, ms: 0, error: (err as Error).message };
+      throw err;
+    } finally {
+      this.gcRunning = undefined;
+    }
+  }
+
+  /** Lost pinned content (corrupt, or its file gone) is fetched again. */
+  private onContentEvent(e: ContentEvent): void {
+    if (e.type !== 'removed' || (e.reason !== 'corrupt' && e.reason !== 'missing')) return;
+    const repair = this.repairPinned(e.digest).catch((err) => this.opts.logger.warn({ err, digest: e.digest }, 'could not fetch lost pinned content again'));
+    this.repairs.add(repair);
+    void repair.finally(() => this.repairs.delete(repair));
+  }
+
+  private async repairPinned(digest: string): Promise<void> {
+    const { store, logger } = this.opts;
+    const signal = this.controller.signal;
+    const pins = await store.listPins({ signal });
+    if (pins.length === 0) return;
+    const walk = new ReachabilityWalk(store, await store.listManifests({ signal }));
+    for (const pin of pins) {
+      if (!(await walk.closure([pin.digest], { signal })).has(digest)) continue;
+      if (!this.opts.refetch) {
+        logger.error({ digest, repository: pin.repository }, 'pinned content was lost and this node has no peers or seeds to fetch it from again');
+        return;
+      }
+      try {
+        await this.opts.refetch(pin.repository, digest, walk.manifestDigests.has(digest) ? 'manifest' : 'blob', { signal });
+        this.metrics.refetches.inc({ result: 'ok' });
+        logger.info({ digest, repository: pin.repository }, 'lost pinned content fetched again');
+      } catch (err) {
+        this.metrics.refetches.inc({ result: 'error' });
+        throw err;
+      }
+      return;
+    }
+  }
+}
