@@ -7,6 +7,7 @@ import { DiskBlobBytes, MemoryBlobBytes, type BlobBytes } from './bytes.ts';
 import { keyParts, keys, lastPart, SCHEMA_VERSION } from './keys.ts';
 import { LevelKeyValueStore, MemoryKeyValueStore, type KeyValueStore, type KvOp } from './kv.ts';
 import { KeyedMutex } from './lock.ts';
+import { crashPoint } from './crash-points.ts';
 import type {
   AppendOptions,
   BlobInfo,
@@ -296,7 +297,9 @@ export class KvContentStore implements ContentStore {
       if (manifest) ops.push(...(await this.manifestRemovalOps(repository, manifest)));
     }
     await this.kv.batch(ops);
+    crashPoint(`${reason}:records`);
     await this.bytes.remove(digest);
+    crashPoint(`${reason}:unlinked`);
     this.atimes.delete(digest);
     if (rec) {
       this.totals.blobs--;
@@ -477,8 +480,10 @@ export class KvContentStore implements ContentStore {
         done = true;
         return this.digestLocks.run(info.digest, async () => {
           try {
-            if ((await this.bytes.size(info.digest)) === undefined) await file.commit(info.digest);
-            else await file.discard();
+            if ((await this.bytes.size(info.digest)) === undefined) {
+              await file.commit(info.digest);
+              crashPoint('commit:file');
+            } else await file.discard();
           } catch (err) {
             await file.discard();
             throw err;
@@ -489,6 +494,7 @@ export class KvContentStore implements ContentStore {
             ops.push({ type: 'put', key: keys.chunks(info.digest), value: chunks.map() });
           }
           await this.applyLink(ops, info);
+          crashPoint('commit:records');
           return info;
         });
       },
@@ -537,7 +543,10 @@ export class KvContentStore implements ContentStore {
     let others = 0;
     for await (const [key] of this.kv.entries(keys.holderPrefix(digest))) if (lastPart(key) !== repository) others++;
     if (others === 0) await this.removeLocked(digest, reason, ops);
-    else await this.kv.batch(ops);
+    else {
+      await this.kv.batch(ops);
+      crashPoint(`${reason}:records`);
+    }
   }
 
   // ---- uploads -----------------------------------------------------------------------------------
@@ -626,9 +635,12 @@ export class KvContentStore implements ContentStore {
       return this.digestLocks.run(actual, async () => {
         const ops = await this.linkOps(repository, info);
         ops.push({ type: 'del', key: keys.upload(id) });
-        if ((await this.bytes.size(actual)) === undefined) await this.bytes.sessionCommit(id, actual, session.offset);
-        else await this.bytes.sessionRemove(id);
+        if ((await this.bytes.size(actual)) === undefined) {
+          await this.bytes.sessionCommit(id, actual, session.offset);
+          crashPoint('commit:file');
+        } else await this.bytes.sessionRemove(id);
         await this.applyLink(ops, info);
+        crashPoint('commit:records');
         this.hashers.delete(id);
         return info;
       });
@@ -698,6 +710,7 @@ export class KvContentStore implements ContentStore {
         ops.push({ type: 'put', key: keys.referrer(repository, input.subject, info.digest), value: ref });
       }
       await this.applyLink(ops, info);
+      crashPoint('manifest:records');
       return record;
     });
   }
@@ -721,6 +734,7 @@ export class KvContentStore implements ContentStore {
       }
       this.touch([record.digest]);
       await this.kv.batch([{ type: 'put', key: keys.tag(repository, tag), value: { digest: record.digest, updated: record.updated } }]);
+      crashPoint('tag:records');
     });
   }
 
