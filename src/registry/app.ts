@@ -130,10 +130,9 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
       await handleAdmin(ctx, deps);
       return;
     }
-    const pin = /^\/shoal\/pins\/(.+)@([^/@]+)$/.exec(ctx.path);
-    if (pin || ctx.path === '/shoal/pins') {
+    if (ctx.path === '/shoal/pins' || ctx.path.startsWith('/shoal/pins/')) {
       state.route = 'pins';
-      await handlePins(ctx, deps, pin ? { name: decodeURIComponent(pin[1]!), digest: decodeURIComponent(pin[2]!) } : undefined);
+      await handlePins(ctx, deps, ctx.path.slice('/shoal/pins'.length));
       return;
     }
     if (ctx.path === '/metrics') {
