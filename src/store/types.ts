@@ -4,22 +4,14 @@ import type { ChunkMap } from '../oci/index.ts';
 /** The repository where an import stages blobs until the manifests that name them are in. */
 export const STAGING_REPOSITORY = 'shoal-import';
 
-/** Options every async I/O call takes. */
-export interface IoOptions {
-  signal?: AbortSignal;
-}
+import type { ByteRange, IoOptions } from '../oci/index.ts';
+export type { ByteRange, IoOptions };
 
 export interface BlobInfo {
   digest: string;
   size: number;
 }
 
-export interface ByteRange {
-  /** First byte, inclusive. */
-  start: number;
-  /** Last byte, inclusive. */
-  end: number;
-}
 
 /** Expectations a write is verified against before anything becomes visible. */
 export interface WriteExpectation {
