@@ -189,7 +189,7 @@ export class PullThrough {
         const parsed = parseManifest(m.bytes, m.mediaType);
         this.opts.metrics.pullBytes.inc({ source: 'peer' }, m.bytes.length);
         return await this.opts.store.putManifest(
-          { repository: target.repository, bytes: m.bytes, mediaType: parsed.mediaType, subject: parsed.subject?.digest, artifactType: effectiveArtifactType(parsed), annotations: parsed.annotations },
+          { repository: target.repository, bytes: m.bytes, mediaType: parsed.mediaType, subject: parsed.subject?.digest, artifactType: effectiveArtifactType(parsed), annotations: parsed.annotations, cached: true },
           opts,
         );
       } catch (err) {
@@ -254,6 +254,7 @@ export class PullThrough {
           subject: parsed.subject?.digest,
           artifactType: effectiveArtifactType(parsed),
           annotations: parsed.annotations,
+          cached: true,
         });
       } catch (err) {
         const code = isShoalError(err) ? err.code : undefined;

@@ -700,6 +700,11 @@ export class KvContentStore implements ContentStore {
       if (input.subject) record.subject = input.subject;
       if (input.artifactType) record.artifactType = input.artifactType;
       if (input.annotations) record.annotations = input.annotations;
+      // A push of the same manifest makes it a pushed one; a fetch never turns a pushed manifest into a cached one.
+      if (input.cached) {
+        const existing = await this.kv.get<ManifestRecord>(keys.manifest(repository, info.digest));
+        if (!existing || existing.cached) record.cached = true;
+      }
       const ops = await this.linkOps(repository, info);
       ops.push({ type: 'put', key: keys.manifest(repository, info.digest), value: record });
       if (input.tag) ops.push({ type: 'put', key: keys.tag(repository, input.tag), value: { digest: info.digest, updated: Date.now() } });
