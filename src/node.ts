@@ -14,6 +14,7 @@ import { createLogger } from './logger.ts';
 import { createRegistryApp } from './registry/app.ts';
 import { RegistryMetrics } from './registry/metrics.ts';
 import { openDiskStore, type ContentStore } from './store/index.ts';
+import { ensureRoom } from './store/disk-space.ts';
 import { PullMetrics } from './source/metrics.ts';
 import { PullThrough } from './source/pull-through.ts';
 import type { SeedDirectory, SeedSet } from './source/types.ts';
@@ -84,6 +85,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     tagTimeoutMs: config.tagTimeoutMs,
     parallelChunks: config.parallelChunks,
     seedRate: new TokenBucket(parseRate(config.maxSeedRate)),
+    ensureRoom: (bytes, what) => ensureRoom(dataDir, bytes, what),
   });
   let peers: PeerService | undefined;
   if (config.p2pListen) {

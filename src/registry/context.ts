@@ -18,6 +18,11 @@ export interface RegistryDeps {
   peerStatus?: () => unknown;
   /** True while the node accepts work; /readyz reports it. */
   ready: () => boolean;
+  /**
+   * Called each time a request failed because the node's disk (or quota) is full, after its partial bytes were
+   * freed: the place to start eviction. Must not block; what it throws is logged and ignored.
+   */
+  onStorageFull?: () => void;
 }
 
 /** Parameters a route pattern extracted from the path. */
