@@ -136,7 +136,12 @@ export class StoreLifecycle {
 
   /** A write failed for lack of space: evict now. */
   storageFull(): void {
-    this.quota.poke();
+    this.quota.relieve();
+  }
+
+  /** Evicts what must go for a write of `bytes` to fit (see StoreQuota.makeRoom). */
+  makeRoom(bytes: number, opts: IoOptions = {}): Promise<void> {
+    return this.quota.makeRoom(bytes, opts);
   }
 
   /** Waits for the quota check under way (tests, status). */

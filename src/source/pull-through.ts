@@ -62,6 +62,8 @@ export interface PullThroughOptions {
   parallelChunks?: number;
   /** Caps the seed link (bytes per second), shared by every fetch. */
   seedRate?: TokenBucket;
+  /** Refuses a seed transfer that cannot fit in the store (see BlobFetchOptions). */
+  ensureRoom?: (bytes: number, what: string) => Promise<void>;
 }
 
 /**
@@ -307,6 +309,7 @@ export class PullThrough {
       upstreamRepository: target.upstream,
       metrics: this.opts.metrics,
       logger: this.opts.logger,
+      ensureRoom: this.opts.ensureRoom,
     });
     this.fetches.set(key, created);
     void created.done.catch(() => undefined).finally(() => this.fetches.delete(key));
