@@ -34,6 +34,7 @@ export function buildProgram(): Command {
     .option('--zone <label>', 'topology label; peers with the same label are preferred [env SHOAL_ZONE]')
     .option('--max-peer-upload <rate>', 'cap on serving peers, e.g. 50M or 400Mbit (per second) [default: none]')
     .option('--max-seed-rate <rate>', 'cap on the seed link, e.g. 10M or 80Mbit (per second) [default: none]')
+    .option('--peer-tags <true|false>', "when no seed answers, a peer's newer tag record may answer; false: tags only from seeds and bundles [default: true, env SHOAL_PEER_TAGS]")
     .action(async (opts: ServeFlags) => {
       const { serveCommand } = await import('./serve.ts');
       await serveCommand(opts);

@@ -15,6 +15,7 @@ export interface ServeFlags {
   zone?: string;
   maxPeerUpload?: string;
   maxSeedRate?: string;
+  peerTags?: string;
 }
 
 /** `shoal serve`: starts a node and runs until SIGTERM or SIGINT. */
@@ -35,6 +36,7 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
       zone: flags.zone,
       maxPeerUpload: flags.maxPeerUpload,
       maxSeedRate: flags.maxSeedRate,
+      peerTags: flags.peerTags,
     },
   });
   // Signals are handled from the start: one that arrives while the node starts stops it as soon as it is up.

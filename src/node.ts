@@ -83,6 +83,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     tagTimeoutMs: config.tagTimeoutMs,
     parallelChunks: config.parallelChunks,
     seedRate: new TokenBucket(parseRate(config.maxSeedRate)),
+    peerTags: config.peerTags,
   });
   let peers: PeerService | undefined;
   if (config.p2pListen) {
@@ -96,7 +97,9 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       zone: config.zone || undefined,
       maxUploadRate: parseRate(config.maxPeerUpload),
       maxChunkStreams: config.maxChunkStreams,
-      banMs: 5 * 60_000,
+      banMs: config.peerBanMs,
+      banFile: config.persistPeerBans ? join(dataDir, 'p2p', 'bans.json') : undefined,
+      maxPeerInventory: config.maxPeerInventory,
       provider: new PeerContentProvider(store, pull),
       logger,
       metrics: metricsRegistry,
@@ -112,6 +115,10 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     pull.connectNetwork(peers);
   }
   const peerService = peers;
+  // Pinned content taken out as corrupt (a peer's report, a chunk that failed its check) is fetched again.
+  const unwatchCorrupt = store.watch((e) => {
+    if (e.type === 'removed' && e.reason === 'corrupt') void pull.refetchPinned(e.digest);
+  });
   let accepting = true;
   const app = createRegistryApp({
     deps: {
@@ -181,6 +188,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       // Requests still running (slow uploads) are cut: their sessions keep what was durable, or roll back.
       for (const s of sockets) s.destroy();
       // Fetches from seeds and peers stop too, so no handler waits on them.
+      unwatchCorrupt();
       const fetchesStopped = pull.stop();
       await closed;
       // Handlers see their sockets close and finish their store work (commit, roll back or keep the session).

@@ -60,6 +60,14 @@ export interface ShoalConfig {
   maxChunkStreams: number;
   /** Chunks fetched from peers at once for one blob. */
   parallelChunks: number;
+  /** When no seed answers for a tag, may a peer's newer record of it answer? false: tags only from seeds and bundles. */
+  peerTags: boolean;
+  /** Most blobs one peer may announce; a peer past it is cut off and banned. */
+  maxPeerInventory: number;
+  /** How long a peer that sent bad bytes, a bad chunk map or an oversized or malformed message is refused, in ms. */
+  peerBanMs: number;
+  /** Keep peer bans across this node's restarts (in <data>/p2p/bans.json). */
+  persistPeerBans: boolean;
 }
 
 export function defaultConfig(): ShoalConfig {
@@ -85,6 +93,10 @@ export function defaultConfig(): ShoalConfig {
     maxSeedRate: '0',
     maxChunkStreams: 32,
     parallelChunks: 4,
+    peerTags: true,
+    maxPeerInventory: 100_000,
+    peerBanMs: 5 * 60_000,
+    persistPeerBans: true,
   };
 }
 
@@ -128,6 +140,10 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   maxSeedRate: 'optional',
   maxChunkStreams: 'number',
   parallelChunks: 'number',
+  peerTags: 'boolean',
+  maxPeerInventory: 'number',
+  peerBanMs: 'number',
+  persistPeerBans: 'boolean',
 };
 
 function seedList(value: unknown, origin: string): SeedConfig[] {
@@ -225,6 +241,7 @@ export function validateConfig(config: ShoalConfig): ShoalConfig {
     }
   }
   if (config.parallelChunks < 1 || config.maxChunkStreams < 1) throw new ConfigError('parallelChunks and maxChunkStreams must be at least 1');
+  if (!Number.isSafeInteger(config.maxPeerInventory) || config.maxPeerInventory < 1) throw new ConfigError('maxPeerInventory: must be a whole number of blobs, at least 1');
   if (config.maxManifestBytes < 4 * 1024 * 1024) throw new ConfigError('maxManifestBytes: must be at least 4194304 (4 MiB), as the OCI spec requires');
   return config;
 }
