@@ -39,6 +39,8 @@ export interface DiscoveryOptions {
   /** True for an address where a banned peer listens: it is not dialed. */
   isBannedAddress(addr: string): boolean;
   isBanned(peer: string): boolean;
+  /** How often `maintain` runs; a failing address waits twice as long after each failure. */
+  intervalMs: number;
   logger: Logger;
 }
 
@@ -116,7 +118,7 @@ export class Discovery {
           this.backoff.delete(key);
         } catch (err) {
           const failures = (this.backoff.get(key)?.failures ?? 0) + 1;
-          this.backoff.set(key, { failures, next: Date.now() + Math.min(MAX_BACKOFF_MS, 5_000 * 2 ** (failures - 1)) });
+          this.backoff.set(key, { failures, next: Date.now() + Math.min(MAX_BACKOFF_MS, this.opts.intervalMs * 2 ** (failures - 1)) });
           this.opts.logger.debug({ peer: key, failures, err: (err as Error).message }, 'peer dial failed');
         }
       }),

@@ -61,6 +61,32 @@ export class RoutingIndex {
   }
 }
 
+/** How long a peer may take to acknowledge an inventory message. */
+const ACK_MS = 30_000;
+
+/**
+ * Our inventory stream to one peer: one message in flight at a time, each acknowledged before the next goes out,
+ * so a receiver never holds more than one message unread (and one that does is not keeping to the protocol).
+ */
+class Outbox {
+  private chain: Promise<void> = Promise.resolve();
+  private readonly lp: Framed;
+
+  constructor(readonly stream: Stream) {
+    this.lp = framed(stream, 4096);
+  }
+
+  send(message: unknown): Promise<void> {
+    const sent = this.chain.then(async () => {
+      const signal = AbortSignal.timeout(ACK_MS);
+      await writeJson(this.lp, message, { signal });
+      await readJson(this.lp, { signal });
+    });
+    this.chain = sent.catch(() => undefined);
+    return sent;
+  }
+}
+
 export interface InventoryExchangeOptions {
   provider: ContentProvider;
   /** Most digests one peer may announce; past it the peer is cut off. */
@@ -84,7 +110,7 @@ export interface InventoryExchangeOptions {
 export class InventoryExchange {
   readonly index = new RoutingIndex();
   private readonly opts: InventoryExchangeOptions;
-  private readonly outboxes = new Map<string, Framed>();
+  private readonly outboxes = new Map<string, Outbox>();
   private pending: { type: 'add' | 'remove'; digest: string }[] = [];
   private flushTimer?: NodeJS.Timeout;
   private unwatch?: () => void;
@@ -105,19 +131,33 @@ export class InventoryExchange {
 
   /** Sends our snapshot to a peer that just connected, on a stream that stays open for updates. */
   async sendSnapshot(peer: string): Promise<void> {
+    let outbox: Outbox | undefined;
     try {
       const stream = await this.opts.open(peer, AbortSignal.timeout(5_000));
-      const lp = framed(stream, MAX_INVENTORY_FRAME);
-      this.outboxes.set(peer, lp);
+      outbox = new Outbox(stream);
+      const current = outbox;
+      this.outboxes.set(peer, current);
       stream.addEventListener('close', () => {
-        if (this.outboxes.get(peer) === lp) this.outboxes.delete(peer);
+        if (this.outboxes.get(peer) === current) this.outboxes.delete(peer);
       });
       const digests = await this.opts.provider.inventory();
       for (let i = 0; i < digests.length || i === 0; i += INVENTORY_SLICE) {
-        await writeJson(lp, { type: i === 0 ? 'snapshot' : 'add', zone: this.opts.zone, digests: digests.slice(i, i + INVENTORY_SLICE) });
+        await outbox.send({ type: i === 0 ? 'snapshot' : 'add', zone: this.opts.zone, digests: digests.slice(i, i + INVENTORY_SLICE) });
       }
     } catch (err) {
       this.opts.logger.debug({ peer, err: (err as Error).message }, 'inventory snapshot failed');
+      this.drop(peer, outbox);
+    }
+  }
+
+  /** An outbox that failed is closed; the peer gets a fresh snapshot while it stays connected. */
+  private drop(peer: string, outbox: Outbox | undefined): void {
+    if (!outbox || this.outboxes.get(peer) !== outbox) return;
+    this.outboxes.delete(peer);
+    outbox.stream.abort(new Error('inventory stream failed'));
+    if (this.opts.peers().includes(peer)) {
+      const retry = setTimeout(() => void this.sendSnapshot(peer), 1_000);
+      retry.unref();
     }
   }
 
@@ -145,9 +185,14 @@ export class InventoryExchange {
     }
     await Promise.allSettled(
       this.opts.peers().map(async (peer) => {
-        const lp = this.outboxes.get(peer);
-        if (!lp) return;
-        for (const m of messages) await writeJson(lp, m, { signal: AbortSignal.timeout(10_000) });
+        const outbox = this.outboxes.get(peer);
+        if (!outbox) return;
+        try {
+          for (const m of messages) await outbox.send(m);
+        } catch (err) {
+          this.opts.logger.debug({ peer, err: (err as Error).message }, 'inventory update failed');
+          this.drop(peer, outbox);
+        }
       }),
     );
   }
@@ -157,6 +202,7 @@ export class InventoryExchange {
     const peer = conn.remotePeer.toString();
     const lp = framed(stream, MAX_INVENTORY_FRAME);
     const cap = this.opts.maxEntriesPerPeer;
+    let unacknowledged = 0;
     try {
       for (;;) {
         const msg = parseInventoryMessage(await readJson(lp), INVENTORY_SLICE);
@@ -166,14 +212,21 @@ export class InventoryExchange {
         }
         if (msg.type === 'remove') {
           for (const d of msg.digests) this.index.remove(peer, d);
-          continue;
-        }
-        for (const d of msg.digests) {
-          if (this.index.count(peer) >= cap && !this.index.holders(d).includes(peer)) {
-            throw new ProtocolViolation('inventory-cap', `it announced more than ${cap} blobs (maxPeerInventory)`);
+        } else {
+          for (const d of msg.digests) {
+            if (this.index.count(peer) >= cap && !this.index.holders(d).includes(peer)) {
+              throw new ProtocolViolation('inventory-cap', `it announced more than ${cap} blobs (maxPeerInventory)`);
+            }
+            this.index.add(peer, d);
           }
-          this.index.add(peer, d);
         }
+        // The sender waits for this before its next message. Not awaited; a peer that keeps sending without
+        // reading them is not keeping to the protocol.
+        if (++unacknowledged > 64) throw new ProtocolViolation('oversize-message', 'it keeps sending inventory messages without waiting for their acknowledgements');
+        void writeJson(lp, { ack: true }).then(
+          () => unacknowledged--,
+          () => undefined,
+        );
       }
     } catch (err) {
       const violation = violationOf(err);

@@ -113,6 +113,7 @@ export class PeerService implements PeerNetwork {
       table: this.table,
       isBanned,
       isBannedAddress: (addr) => this.bans.isBannedAddress(addr),
+      intervalMs: opts.maintenanceIntervalMs ?? 5_000,
       logger,
     });
     this.inventory = new InventoryExchange({

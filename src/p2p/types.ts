@@ -6,7 +6,8 @@ export { CHUNK_SIZE } from '../oci/index.ts';
 export const PROTOCOLS = {
   chunk: '/shoal/chunk/1.0.0',
   chunkMap: '/shoal/chunkmap/1.0.0',
-  inventory: '/shoal/inventory/1.0.0',
+  /** 1.1: every message is acknowledged before the next is sent (flow control). */
+  inventory: '/shoal/inventory/1.1.0',
   manifest: '/shoal/manifest/1.0.0',
   tag: '/shoal/tag/1.0.0',
   report: '/shoal/report/1.0.0',

@@ -16,9 +16,15 @@ export const DATA_FRAME = 1048576;
 
 export type Framed = LengthPrefixedStream<Stream>;
 
+/**
+ * Bytes a stream may hold unread. A peer that keeps to the protocols never gets near it (a chunk is 4 MiB, an
+ * inventory message waits for its ack); one that sends more than that unasked is cut off.
+ */
+export const MAX_UNREAD = 20 * 1024 * 1024;
+
 /** A length-prefixed view of a stream whose frames may not exceed `maxFrame` bytes. */
 export function framed(stream: Stream, maxFrame = MAX_FRAME): Framed {
-  return lpStream(stream, { maxDataLength: maxFrame, maxBufferSize: 4 * Math.max(maxFrame, DATA_FRAME) });
+  return lpStream(stream, { maxDataLength: maxFrame, maxBufferSize: Math.max(MAX_UNREAD, 4 * maxFrame) });
 }
 
 /** A peer broke the protocol: what it sent is too large or not what the protocol allows. */
