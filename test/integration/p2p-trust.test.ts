@@ -35,7 +35,7 @@ import { PROTOCOLS, type ChunkRequest, type ContentProvider } from '../../src/p2
 import { framed, INVENTORY_SLICE, MAX_INVENTORY_FRAME, writeJson } from '../../src/p2p/wire.ts';
 import { peersOf, startCluster, waitFor, type Cluster, type ClusterNode } from '../helpers/cluster.ts';
 import { scrape } from '../helpers/metrics.ts';
-import { pushBlob, pushGzipImage, sha256, startDockerRegistry, type DockerRegistry, type PushedImage } from '../helpers/seed-registry.ts';
+import { freePort, pushBlob, pushGzipImage, pushRandomImage, sha256, startDockerRegistry, type DockerRegistry, type PushedImage } from '../helpers/seed-registry.ts';
 import { skopeoIn, type Skopeo } from '../helpers/skopeo.ts';
 import { runShoal, ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
 
@@ -213,6 +213,8 @@ describe('a rotten holder: a byte flipped in its store while it was stopped', ()
   const stoppers: Array<() => Promise<void>> = [];
   /** Node A: the one whose disk rots. */
   let rotten: ClusterNode;
+  /** A peer built from the project's protocol code that tells A what it got wrong. */
+  let reporter: PeerService | undefined;
 
   const node = (i: number): ClusterNode => cluster!.nodes[i]!;
 
@@ -310,12 +312,13 @@ describe('a rotten holder: a byte flipped in its store while it was stopped', ()
     await cluster!.waitConnected();
     // A peer built from the project's protocol code reports the bad chunk, as a fetcher that got it would.
     const dir = await mkdtemp(join(work, 'reporter-'));
-    const reporter = await startTestPeer({ dir, clusterKeyFile: cluster!.clusterKeyFile, bootstrap: [rotten.p2pAddress], provider: new FakeHolder() });
-    stoppers.push(() => reporter.stop());
-    await waitFor('the reporter to connect to A', () => reporter.peers().includes(rotten.peerId));
+    const peer = await startTestPeer({ dir, clusterKeyFile: cluster!.clusterKeyFile, bootstrap: [rotten.p2pAddress], provider: new FakeHolder() });
+    reporter = peer;
+    stoppers.push(() => peer.stop());
+    await waitFor('the reporter to connect to A', () => peer.peers().includes(rotten.peerId));
     const before = await metric(rotten, 'shoal_corrupt_blobs_total', { found_by: 'peer-report' });
     const reportedAt = performance.now();
-    const outcome = await reporter.report(rotten.peerId, layer.digest, [2]);
+    const outcome = await peer.report(rotten.peerId, layer.digest, [2]);
     note(t, `A answered the report in ${(performance.now() - reportedAt).toFixed(0)} ms: ${outcome}`);
     assert.equal(outcome, 'corrupt', 'A re-checked its copy and found it bad');
     assert.equal((await metric(rotten, 'shoal_corrupt_blobs_total', { found_by: 'peer-report' })) - before, 1, 'A counted it');
@@ -329,6 +332,32 @@ describe('a rotten holder: a byte flipped in its store while it was stopped', ()
     const fromA = await get(`${rotten.url}/v2/trust/rot/blobs/${layer.digest}`);
     assert.equal(fromA.status, 200, fromA.body);
     assert.equal(sha256(fromA.bytes), layer.digest, 'A serves the right bytes');
+  });
+
+  it('a client reading a blob when the node finds it corrupt is cut off, not handed the rest of the wrong bytes', async (t) => {
+    // 64 MiB, more than the kernel buffers between the node and a client that pauses.
+    const big = randomBytes(64 * MiB);
+    const digest = await pushBlob(rotten.url, 'trust/rot', big);
+    await rot(rotten.dataDir, digest, [60 * MiB]);
+    const res = await request(`${rotten.url}/v2/trust/rot/blobs/${digest}`, { dispatcher: agent });
+    assert.equal(res.statusCode, 200);
+    const body = res.body[Symbol.asyncIterator]();
+    let got = ((await body.next()).value as Buffer).length;
+    assert.equal(await reporter!.report(rotten.peerId, digest, [15]), 'corrupt', 'A finds out while the client reads');
+    let cut: unknown;
+    try {
+      for (;;) {
+        const next = await body.next();
+        if (next.done) break;
+        got += (next.value as Buffer).length;
+      }
+    } catch (err) {
+      cut = err;
+    }
+    note(t, `the client got ${got} of ${big.length} bytes, then: ${String((cut as Error)?.message ?? 'the end')}`);
+    assert.ok(cut !== undefined && got < big.length, 'the body broke off before the end');
+    const after = await get(`${rotten.url}/v2/trust/rot/blobs/${digest}`);
+    assert.equal(after.status, 404, 'the bad copy is gone, and no good one exists anywhere');
   });
 });
 
@@ -644,5 +673,75 @@ describe('slow peers', () => {
     assert.ok(hedges >= 1, 'its chunk was asked again elsewhere (shoal_peer_chunk_hedges_total)');
     assert.ok(res.ms < DRIBBLE_MS, 'the pull took less than one dribbled chunk');
     assert.equal(banOf(puller, peer.selfId), undefined, 'slow is not banned');
+  });
+});
+
+// ------------------------------------------------------------------------------------------------------------
+
+describe('tags from peers: a fallback when the seed cannot be reached', () => {
+  let cluster: Cluster | undefined;
+  const procs = new ShoalProcesses();
+  let deadSeed: string;
+
+  before(async () => {
+    // A seed that refuses connections: it cannot be reached.
+    deadSeed = `http://127.0.0.1:${await freePort()}`;
+    cluster = await startCluster({ size: 2, seeds: [deadSeed], config: { tagTimeoutMs: 1_000 } });
+    await cluster.waitConnected();
+  });
+
+  after(async () => {
+    await procs.cleanup();
+    await cluster?.stop();
+  });
+
+  async function tagged(node: { url: string }, tag: string): Promise<{ status: number; digest?: string; body: string }> {
+    const res = await request(`${node.url}/v2/trust/tags/manifests/${tag}`, { dispatcher: agent, headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+    const body = await res.body.text();
+    return { status: res.statusCode, digest: res.headers['docker-content-digest'] as string | undefined, body: body.slice(0, 300) };
+  }
+
+  it('a peer’s record answers when this node has none, or an older one; a newer record of this node’s stands', async () => {
+    const [n1, n2] = cluster!.nodes as [ClusterNode, ClusterNode];
+    const first = await pushRandomImage(n1.url, 'trust/tags', 'v1', { layerSizes: [1000] });
+    const viaPeer = await metric(n2, 'shoal_tag_resolutions_total', { via: 'peer' });
+    let r = await tagged(n2, 'v1');
+    assert.equal(r.status, 200, r.body);
+    assert.equal(r.digest, first.manifestDigest, 'no record here: the peer’s answers');
+    assert.equal((await metric(n2, 'shoal_tag_resolutions_total', { via: 'peer' })) - viaPeer, 1, 'and says so: via="peer"');
+    // This node's own newer record (a push) stands against the peer's older one.
+    await sleep(5);
+    const mine = await pushRandomImage(n2.url, 'trust/tags', 'v1', { layerSizes: [1001] });
+    const viaCache = await metric(n2, 'shoal_tag_resolutions_total', { via: 'cache' });
+    r = await tagged(n2, 'v1');
+    assert.equal(r.digest, mine.manifestDigest, 'the newer local record answers');
+    assert.equal((await metric(n2, 'shoal_tag_resolutions_total', { via: 'cache' })) - viaCache, 1);
+    assert.equal((await n2.node.store.getTag('trust/tags', 'v1'))?.digest, mine.manifestDigest, 'and is not overwritten');
+    // The peer moves the tag later still: now the peer's is the newer record, and this node keeps it.
+    await sleep(5);
+    const newest = await pushRandomImage(n1.url, 'trust/tags', 'v1', { layerSizes: [1002] });
+    r = await tagged(n2, 'v1');
+    assert.equal(r.digest, newest.manifestDigest, 'a newer record of a peer’s answers');
+    assert.equal((await n2.node.store.getTag('trust/tags', 'v1'))?.digest, newest.manifestDigest);
+  });
+
+  it('with --peer-tags=false a node takes tags only from seeds and bundles (digests still come from peers)', async () => {
+    const [n1] = cluster!.nodes as [ClusterNode];
+    const image = await pushRandomImage(n1.url, 'trust/tags', 'v2', { layerSizes: [1003] });
+    const dataDir = await procs.tempDir('shoal-peertags-');
+    const strict = await procs.serve({
+      dataDir,
+      args: ['--p2p-listen', '127.0.0.1:0', '--cluster-key', cluster!.clusterKeyFile, '--peer', n1.p2pAddress, '--seed', deadSeed, '--peer-tags=false'],
+    });
+    await waitFor('the node to connect to its peer', async () => (await peersOf(strict.url)).peers.some((p) => p.id === n1.peerId));
+    const r = await tagged(strict, 'v2');
+    assert.equal(r.status, 404, r.body);
+    assert.match(r.body, /MANIFEST_UNKNOWN/);
+    const byDigest = await tagged(strict, image.manifestDigest);
+    assert.equal(byDigest.status, 200, byDigest.body);
+    assert.equal(await metric(strict, 'shoal_tag_resolutions_total', { via: 'peer' }), 0);
+    const bad = await runShoal(['serve', '--data', dataDir, '--peer-tags=maybe']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /peerTags/);
   });
 });
