@@ -114,6 +114,7 @@ export class InventoryExchange {
   private pending: { type: 'add' | 'remove'; digest: string }[] = [];
   private flushTimer?: NodeJS.Timeout;
   private unwatch?: () => void;
+  private stopped = false;
 
   constructor(opts: InventoryExchangeOptions) {
     this.opts = opts;
@@ -124,6 +125,7 @@ export class InventoryExchange {
   }
 
   stop(): void {
+    this.stopped = true;
     if (this.flushTimer) clearTimeout(this.flushTimer);
     this.flushTimer = undefined;
     this.unwatch?.();
@@ -155,8 +157,10 @@ export class InventoryExchange {
     if (!outbox || this.outboxes.get(peer) !== outbox) return;
     this.outboxes.delete(peer);
     outbox.stream.abort(new Error('inventory stream failed'));
-    if (this.opts.peers().includes(peer)) {
-      const retry = setTimeout(() => void this.sendSnapshot(peer), 1_000);
+    if (!this.stopped && this.opts.peers().includes(peer)) {
+      const retry = setTimeout(() => {
+        if (!this.stopped && this.opts.peers().includes(peer)) void this.sendSnapshot(peer);
+      }, 1_000);
       retry.unref();
     }
   }

@@ -271,7 +271,7 @@ export class PeerService implements PeerNetwork {
     if (!ban) return;
     this.metrics.bans.inc({ reason });
     this.opts.logger.warn({ peer, reason, detail, until: new Date(ban.until).toISOString() }, 'peer banned');
-    this.inventory.forget(peer);
+    // Its inventory goes with its connection; until then a banned peer is no holder (holders() leaves it out).
     if (!state || !node) return;
     const report = this.reportsInFlight.get(peer);
     void (async () => {

@@ -36,6 +36,10 @@ export interface BlobFetchOptions {
 const MAX_SEED_RESUMES = 2;
 /** Holders asked for their chunk map (in rank order). */
 const MAP_HOLDERS = 3;
+/** How long the holders have to give their chunk maps... */
+const MAP_WAIT_MS = 3_000;
+/** ...and how long the others have once the first map came. */
+const MAP_GRACE_MS = 1_000;
 /** A transfer from peers may take this long plus a second per PEER_MIN_RATE bytes; then the seed gives the rest. */
 const PEER_DEADLINE_BASE_MS = 30_000;
 const PEER_MIN_RATE = 512 * 1024;
@@ -273,18 +277,7 @@ export class BlobFetch {
       if (owner === undefined || owner === network.selfId) return [];
       return [{ what: 'rendezvous owner', sources: [{ peer: owner, pull: this.opts.pull }], hold: false, hedge: false }];
     }
-    const mapSignal = AbortSignal.any([signal, AbortSignal.timeout(3_000)]);
-    const answers = await Promise.all(
-      holders.slice(0, MAP_HOLDERS).map(async (peer) => {
-        try {
-          return { peer, map: await network.fetchChunkMap(peer, digest, { signal: mapSignal, size: this.opts.expectedSize }) };
-        } catch (err) {
-          if (signal.aborted) throw new AbortedError();
-          logger.debug({ peer, digest, err: (err as Error).message }, 'no chunk map from peer');
-          return { peer, map: undefined };
-        }
-      }),
-    );
+    const answers = await this.chunkMaps(network, holders.slice(0, MAP_HOLDERS), signal);
     const groups: { map: ChunkMap; givers: string[] }[] = [];
     for (const { peer, map } of answers) {
       if (!map) continue;
@@ -309,6 +302,45 @@ export class BlobFetch {
       const sources = [...g.givers, ...usable.filter((p) => !g.givers.includes(p) && !dissenters.has(p))].filter((p) => usable.includes(p));
       return { what: `chunk map ${i + 1} of ${groups.length} (${g.givers.length} holder(s))`, sources: sources.map((peer) => ({ peer })), map: g.map, hold: !unanimous, hedge: true };
     });
+  }
+
+  /**
+   * The chunk maps of `asked` (in their order): all of them within MAP_WAIT_MS, but no longer than MAP_GRACE_MS
+   * after the first map came, so a holder that froze does not hold every pull. A holder that answers late is still
+   * a source: its chunks are checked against the map that is used.
+   */
+  private async chunkMaps(network: PeerNetwork, asked: string[], signal: AbortSignal): Promise<{ peer: string; map?: ChunkMap }[]> {
+    const { digest, logger } = this.opts;
+    const answers = new Map<string, ChunkMap | undefined>();
+    const stop = new AbortController();
+    const mapSignal = AbortSignal.any([signal, stop.signal, AbortSignal.timeout(MAP_WAIT_MS)]);
+    let grace: NodeJS.Timeout | undefined;
+    try {
+      await new Promise<void>((resolve) => {
+        let pending = asked.length;
+        mapSignal.addEventListener('abort', () => resolve(), { once: true });
+        for (const peer of asked) {
+          network
+            .fetchChunkMap(peer, digest, { signal: mapSignal, size: this.opts.expectedSize })
+            .then(
+              (map) => {
+                answers.set(peer, map);
+                if (map) grace ??= setTimeout(resolve, MAP_GRACE_MS);
+              },
+              (err: Error) => logger.debug({ peer, digest, err: err.message }, 'no chunk map from peer'),
+            )
+            .finally(() => {
+              if (--pending === 0) resolve();
+            });
+        }
+        if (pending === 0) resolve();
+      });
+    } finally {
+      if (grace) clearTimeout(grace);
+      stop.abort();
+    }
+    if (signal.aborted) throw new AbortedError();
+    return asked.filter((p) => answers.has(p)).map((peer) => ({ peer, map: answers.get(peer) }));
   }
 
   private async fromPeers(network: PeerNetwork, plan: PeerPlan, evidence: TransferEvidence, signal: AbortSignal): Promise<void> {

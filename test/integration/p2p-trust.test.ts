@@ -616,9 +616,10 @@ describe('bounded peer state: a peer that floods its inventory, or sends an over
 
 // ------------------------------------------------------------------------------------------------------------
 
-describe('slow peers', () => {
+describe('slow and dead peers', () => {
   let work: string;
   let cluster: Cluster | undefined;
+  const procs = new ShoalProcesses();
   const stoppers: Array<() => Promise<void>> = [];
   const holders: FakeHolder[] = [];
   const DRIBBLE_MS = 30_000;
@@ -632,6 +633,7 @@ describe('slow peers', () => {
   after(async () => {
     for (const h of holders) h.done.abort();
     for (const s of stoppers.reverse()) await s().catch(() => undefined);
+    await procs.cleanup();
     await cluster?.stop();
     if (work) await rm(work, { recursive: true, force: true });
   });
@@ -673,6 +675,28 @@ describe('slow peers', () => {
     assert.ok(hedges >= 1, 'its chunk was asked again elsewhere (shoal_peer_chunk_hedges_total)');
     assert.ok(res.ms < DRIBBLE_MS, 'the pull took less than one dribbled chunk');
     assert.equal(banOf(puller, peer.selfId), undefined, 'slow is not banned');
+  });
+
+  it('a holder that froze (its connection open, nothing answering) costs a pull a short timeout, not the chunk deadline', async (t) => {
+    const [honest, puller] = cluster!.nodes as [ClusterNode, ClusterNode];
+    const bytes = randomBytes(12 * MiB + 3);
+    const digest = await pushBlob(honest.url, 'trust/frozen', bytes);
+    // A holder in a process of its own, which is then stopped: the kernel keeps its connections open.
+    const frozen = await procs.serve({
+      dataDir: await procs.tempDir('shoal-frozen-'),
+      args: ['--p2p-listen', '127.0.0.1:0', '--cluster-key', cluster!.clusterKeyFile, '--peer', honest.p2pAddress, '--peer', puller.p2pAddress],
+    });
+    const got = await get(`${frozen.url}/v2/trust/frozen/blobs/${digest}`);
+    assert.equal(sha256(got.bytes), digest, 'the holder-to-be got the blob');
+    await cluster!.waitHolders(puller, digest, 2);
+    frozen.signal('SIGSTOP');
+    const res = await get(`${puller.url}/v2/trust/frozen/blobs/${digest}`);
+    note(t, `12 MiB with one of two holders frozen: ${res.ms.toFixed(0)} ms (a chunk request may take 60 s; opening a stream 3 s)`);
+    assert.equal(res.status, 200, res.body);
+    assert.equal(res.error, undefined);
+    assert.equal(sha256(res.bytes), digest);
+    assert.ok(res.ms < 30_000, 'the frozen holder did not hold the pull for a chunk deadline');
+    frozen.signal('SIGCONT');
   });
 });
 
