@@ -166,6 +166,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       });
     });
   } catch (err) {
+    unwatchCorrupt();
     await peerService?.stop();
     await seeds.close();
     await store.close();

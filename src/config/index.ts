@@ -242,6 +242,7 @@ export function validateConfig(config: ShoalConfig): ShoalConfig {
   }
   if (config.parallelChunks < 1 || config.maxChunkStreams < 1) throw new ConfigError('parallelChunks and maxChunkStreams must be at least 1');
   if (!Number.isSafeInteger(config.maxPeerInventory) || config.maxPeerInventory < 1) throw new ConfigError('maxPeerInventory: must be a whole number of blobs, at least 1');
+  if (config.zone.length > 128) throw new ConfigError('zone: at most 128 characters (peers refuse longer labels)');
   if (config.maxManifestBytes < 4 * 1024 * 1024) throw new ConfigError('maxManifestBytes: must be at least 4194304 (4 MiB), as the OCI spec requires');
   return config;
 }

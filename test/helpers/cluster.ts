@@ -33,7 +33,8 @@ export interface PeersView {
   enabled: boolean;
   self?: string;
   addresses?: string[];
-  peers: Array<{ id: string; addresses: string[]; blobs: number; bytesIn: number; bytesOut: number; bannedUntil?: number; throughput?: number }>;
+  /** Connected peers, and banned ones (`connected: false`) while their ban lasts. */
+  peers: Array<{ id: string; addresses: string[]; connected?: boolean; blobs: number; bytesIn: number; bytesOut: number; bannedUntil?: number; throughput?: number }>;
 }
 
 /** `GET /shoal/peers` of a node. */
@@ -173,10 +174,11 @@ export class Cluster {
       async () => {
         const views = await Promise.all(nodes.map((n) => peersOf(n.url)));
         const missing = views.flatMap((v, i) => {
-          const seen = new Set(v.peers.map((p) => p.id));
+          const connected = v.peers.filter((p) => p.connected !== false);
+          const seen = new Set(connected.map((p) => p.id));
           const want = nodes.filter((_, j) => j !== i).map((n) => n.peerId);
           const lacking = want.filter((id) => !seen.has(id));
-          return lacking.length > 0 || v.peers.length < want.length + extra ? [`node ${nodes[i]!.index} sees ${v.peers.length} (lacks ${lacking.length})`] : [];
+          return lacking.length > 0 || connected.length < want.length + extra ? [`node ${nodes[i]!.index} sees ${connected.length} (lacks ${lacking.length})`] : [];
         });
         return missing.length === 0 ? true : missing.join('; ');
       },

@@ -210,5 +210,6 @@ describe('peer settings', () => {
     assert.equal((await loadConfig({ flags: { peerTags: 'false' } })).peerTags, false);
     await assert.rejects(loadConfig({ flags: { peerTags: 'maybe' } }), ConfigError);
     await assert.rejects(loadConfig({ env: { SHOAL_MAX_PEER_INVENTORY: '0' } }), /maxPeerInventory/);
+    await assert.rejects(loadConfig({ flags: { zone: 'z'.repeat(129) } }), /zone/);
   });
 });
