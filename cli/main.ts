@@ -40,6 +40,7 @@ export function buildProgram(): Command {
     .option('--min-free <size|pct>', 'free space to keep on the data file system, e.g. 10% or 5Gi [env SHOAL_MIN_FREE]')
     .option('--gc-interval <duration>', 'how often garbage collection runs, e.g. 6h; 0: only on demand [default: 6h, env SHOAL_GC_INTERVAL]')
     .option('--scrub-rate <rate>', 'bytes per second the background scrub re-hashes, e.g. 10M; 0: off [default: 10M, env SHOAL_SCRUB_RATE]')
+    .option('--peer-tags <true|false>', "when no seed answers, a peer's newer tag record may answer; false: tags only from seeds and bundles [default: true, env SHOAL_PEER_TAGS]")
     .addHelpText('after', `\n${SIZE_HELP}`)
     .action(async (opts: ServeFlags) => {
       const { serveCommand } = await import('./serve.ts');

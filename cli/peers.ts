@@ -16,6 +16,13 @@ export async function clusterKeyCommand(flags: { out: string }): Promise<void> {
 
 type PeerRow = PeerSummary;
 
+/** `4m 10s`, `2h 5m`: how long until `until`. */
+function remaining(until: number, now = Date.now()): string {
+  const s = Math.max(0, Math.round((until - now) / 1000));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}
 
 /** `shoal peers`: asks a running node for its peer table. */
 export async function peersCommand(flags: { node: string; json?: boolean }): Promise<void> {
@@ -49,9 +56,17 @@ export async function peersCommand(flags: { node: string; json?: boolean }): Pro
     formatBytes(p.bytesOut),
     String(p.blobs),
     p.zone ?? '-',
-    p.bannedUntil ? `banned until ${new Date(p.bannedUntil).toISOString()}` : 'ok',
+    p.bannedUntil ? `banned (${p.ban?.reason ?? 'ban'}) until ${new Date(p.bannedUntil).toISOString()}` : 'ok',
   ]);
   const header = ['PEER', 'ADDRESS', 'RTT', 'THROUGHPUT', 'RECEIVED', 'SENT', 'BLOBS', 'ZONE', 'STATE'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   for (const r of [header, ...rows]) process.stdout.write(r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd() + '\n');
+  const bans = body.peers.filter((p) => p.ban);
+  if (bans.length > 0) {
+    process.stdout.write(`\nbans (a banned peer is not dialed, asked or served until its ban ends):\n`);
+    for (const p of bans) {
+      const ban = p.ban!;
+      process.stdout.write(`  ${p.id}  ${ban.reason}  until ${new Date(ban.until).toISOString()} (${remaining(ban.until)} left)  ${ban.detail}\n`);
+    }
+  }
 }

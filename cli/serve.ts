@@ -19,6 +19,7 @@ export interface ServeFlags {
   minFree?: string;
   gcInterval?: string;
   scrubRate?: string;
+  peerTags?: string;
 }
 
 /** `shoal serve`: starts a node and runs until SIGTERM or SIGINT. */
@@ -43,6 +44,7 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
       minFree: flags.minFree,
       gcInterval: flags.gcInterval,
       scrubRate: flags.scrubRate,
+      peerTags: flags.peerTags,
     },
   });
   // Signals are handled from the start: one that arrives while the node starts stops it as soon as it is up.

@@ -7,8 +7,6 @@ import './polyfill.ts';
 import { isShoalError } from './oci/index.ts';
 import { lifecycleSettings, parseListen, type ShoalConfig } from './config/index.ts';
 import { StoreLifecycle } from './life/service.ts';
-import { Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { TokenBucket } from './limits/token-bucket.ts';
 import { parseRate } from './limits/size.ts';
 import { readClusterKey } from './p2p/keys.ts';
@@ -22,7 +20,6 @@ import { ensureRoom } from './store/disk-space.ts';
 import { PullMetrics } from './source/metrics.ts';
 import { PullThrough } from './source/pull-through.ts';
 import type { SeedDirectory, SeedSet } from './source/types.ts';
-import type { RepositoryTarget } from './source/pull-through.ts';
 import { SeedClient } from './upstream/index.ts';
 import type { SeedConfig } from './config/index.ts';
 
@@ -48,19 +45,6 @@ class ConfiguredSeeds implements SeedDirectory {
     for (const [host, seeds] of Object.entries(config.registries)) {
       if (seeds.length > 0) this.byRegistry.set(host.toLowerCase(), build(host.toLowerCase(), seeds));
     }
-  }
-
-  /** How a stored repository is pulled: `<registry>/<path>` of a configured registry is namespaced by it. */
-  targetFor(repository: string): RepositoryTarget {
-    const slash = repository.indexOf('/');
-    if (slash > 0) {
-      const first = repository.slice(0, slash);
-      for (const host of this.byRegistry.keys()) {
-        if (host.replace(':', '-') === first) return { repository, upstream: repository.slice(slash + 1), namespace: host };
-      }
-      if (first === 'docker.io') return { repository, upstream: repository.slice(slash + 1), namespace: 'docker.io' };
-    }
-    return { repository, upstream: repository };
   }
 
   seedsFor(namespace: string | undefined): SeedSet | undefined {
@@ -120,6 +104,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
         await ensureRoom(dataDir, bytes, what);
       }
     },
+    peerTags: config.peerTags,
   });
   let peers: PeerService | undefined;
   if (config.p2pListen) {
@@ -133,7 +118,9 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       zone: config.zone || undefined,
       maxUploadRate: parseRate(config.maxPeerUpload),
       maxChunkStreams: config.maxChunkStreams,
-      banMs: 5 * 60_000,
+      banMs: config.peerBanMs,
+      banFile: config.persistPeerBans ? join(dataDir, 'p2p', 'bans.json') : undefined,
+      maxPeerInventory: config.maxPeerInventory,
       provider: new PeerContentProvider(store, pull),
       logger,
       metrics: metricsRegistry,
@@ -157,19 +144,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     metrics: metricsRegistry,
     ...lifecycleSettings(config),
     retention: config.retention,
-    refetch:
-      seeds.clients.length > 0 || peerService
-        ? async (repository, digest, kind, o) => {
-            const target = seeds.targetFor(repository);
-            if (kind === 'manifest') {
-              await pull.manifest(target, { kind: 'digest', digest }, o);
-              return;
-            }
-            const blob = await pull.blob(target, digest, o);
-            // Reading it to the end is what makes the fetch commit it.
-            await pipeline(Readable.from(await blob.open(undefined, o)), new Writable({ write: (_c, _e, cb) => cb() }), { signal: o.signal });
-          }
-        : undefined,
+    refetch: seeds.clients.length > 0 || peerService ? (repository, digest, kind, o) => pull.refetch(repository, digest, kind, o) : undefined,
   });
   lifecycleRef.current = lifecycle;
   lifecycle.start();

@@ -76,6 +76,14 @@ export interface ShoalConfig {
   scrubRate: string;
   /** Tag retention rules per repository prefix. */
   retention: RetentionRule[];
+  /** When no seed answers for a tag, may a peer's newer record of it answer? false: tags only from seeds and bundles. */
+  peerTags: boolean;
+  /** Most blobs one peer may announce; a peer past it is cut off and banned. */
+  maxPeerInventory: number;
+  /** How long a peer that sent bad bytes, a bad chunk map or an oversized or malformed message is refused, in ms. */
+  peerBanMs: number;
+  /** Keep peer bans across this node's restarts (in <data>/p2p/bans.json). */
+  persistPeerBans: boolean;
 }
 
 export function defaultConfig(): ShoalConfig {
@@ -108,6 +116,10 @@ export function defaultConfig(): ShoalConfig {
     uploadTimeout: '24h',
     scrubRate: '10M',
     retention: [],
+    peerTags: true,
+    maxPeerInventory: 100_000,
+    peerBanMs: 5 * 60_000,
+    persistPeerBans: true,
   };
 }
 
@@ -158,6 +170,10 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   uploadTimeout: 'optional',
   scrubRate: 'optional',
   retention: 'retention',
+  peerTags: 'boolean',
+  maxPeerInventory: 'number',
+  peerBanMs: 'number',
+  persistPeerBans: 'boolean',
 };
 
 /** A duration setting in milliseconds: `90s`, `15m`, `6h`, `2d`, or a number of milliseconds; 0 allowed. */
@@ -304,6 +320,8 @@ export function validateConfig(config: ShoalConfig): ShoalConfig {
   }
   lifecycleSettings(config);
   if (config.parallelChunks < 1 || config.maxChunkStreams < 1) throw new ConfigError('parallelChunks and maxChunkStreams must be at least 1');
+  if (!Number.isSafeInteger(config.maxPeerInventory) || config.maxPeerInventory < 1) throw new ConfigError('maxPeerInventory: must be a whole number of blobs, at least 1');
+  if (config.zone.length > 128) throw new ConfigError('zone: at most 128 characters (peers refuse longer labels)');
   if (config.maxManifestBytes < 4 * 1024 * 1024) throw new ConfigError('maxManifestBytes: must be at least 4194304 (4 MiB), as the OCI spec requires');
   return config;
 }

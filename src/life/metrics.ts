@@ -29,7 +29,10 @@ export class LifecycleMetrics {
     this.scrubBytes = new Counter({ name: 'shoal_scrub_bytes_total', help: 'Bytes re-hashed by the background scrub', registers });
     this.scrubBlobs = new Counter({ name: 'shoal_scrub_blobs_total', help: 'Blobs re-hashed by the background scrub', registers });
     this.scrubPasses = new Counter({ name: 'shoal_scrub_passes_total', help: 'Complete passes of the scrub over the store', registers });
-    this.corrupt = new Counter({ name: 'shoal_corrupt_blobs_total', help: 'Blobs whose bytes no longer matched their digest, by who found it', labelNames: ['found_by'], registers });
+    // Shared with the pull path (a peer's report, a chunk that failed its check): whoever registers it first owns it.
+    this.corrupt =
+      (registry.getSingleMetric('shoal_corrupt_blobs_total') as Counter<'found_by'> | undefined) ??
+      new Counter({ name: 'shoal_corrupt_blobs_total', help: 'Blobs whose bytes no longer matched their digest, by who found it', labelNames: ['found_by'], registers });
     this.refetches = new Counter({ name: 'shoal_pinned_refetches_total', help: 'Pinned content fetched again after it was lost', labelNames: ['result'], registers });
   }
 }

@@ -1,6 +1,6 @@
 import { parseManifest, type ChunkMap } from '../oci/index.ts';
 import type { ChunkRequest, ContentProvider } from '../p2p/types.ts';
-import type { ContentStore, IoOptions, TagRecord } from '../store/index.ts';
+import type { ContentStore, IoOptions, TagRecord, VerifyOutcome } from '../store/index.ts';
 import type { PullThrough } from './pull-through.ts';
 
 /** What this node offers its peers: the store, fetches in flight, and pull-through for the rendezvous owner. */
@@ -39,6 +39,11 @@ export class PeerContentProvider implements ContentProvider {
 
   async inventory(opts?: IoOptions): Promise<string[]> {
     return (await this.store.listContent(opts)).map((b) => b.digest);
+  }
+
+  /** A peer says it got bad bytes of this blob from us: re-hash it; bad bytes leave the store (and routing). */
+  verify(digest: string, opts: IoOptions = {}): Promise<VerifyOutcome> {
+    return this.pull.recheck(digest, 'peer-report', opts);
   }
 
   watch(listener: (event: { type: 'added' | 'removed'; digest: string }) => void): () => void {

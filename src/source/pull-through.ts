@@ -1,6 +1,8 @@
+import { createHash } from 'node:crypto';
+import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { AbortedError, NotFoundError, UnavailableError, isShoalError, parseManifest, effectiveArtifactType } from '../oci/index.ts';
-import type { ContentStore, IoOptions, ManifestRecord, TagRecord } from '../store/index.ts';
+import { AbortedError, CHUNK_SIZE, NotFoundError, UnavailableError, isShoalError, parseManifest, effectiveArtifactType } from '../oci/index.ts';
+import type { ByteRange, ContentStore, IoOptions, ManifestRecord, TagRecord, VerifyOutcome } from '../store/index.ts';
 import { BlobFetch } from './blob-fetch.ts';
 import type { PullMetrics } from './metrics.ts';
 import { isSeedGone, type BlobResponse, type SeedDirectory, type SeedSet } from './types.ts';
@@ -64,6 +66,8 @@ export interface PullThroughOptions {
   seedRate?: TokenBucket;
   /** Refuses a seed transfer that cannot fit in the store (see BlobFetchOptions). */
   ensureRoom?: (bytes: number, what: string) => Promise<void>;
+  /** When no seed answers, may a peer's newer record of a tag answer (default true)? */
+  peerTags?: boolean;
 }
 
 /**
@@ -74,9 +78,23 @@ export class PullThrough {
   private readonly opts: PullThroughOptions;
   private readonly fetches = new Map<string, BlobFetch>();
   private readonly manifestFetches = new Map<string, Promise<ManifestRecord>>();
+  /** Streams of stored blobs open to clients: cut when the blob turns out corrupt. */
+  private readonly localReads = new Map<string, Set<Readable>>();
+  private readonly rechecks = new Map<string, Promise<VerifyOutcome>>();
+  private readonly unwatch: () => void;
 
   constructor(opts: PullThroughOptions) {
     this.opts = { ...opts };
+    // Once the node knows a blob's bytes are bad (a peer's report, its own check, fsck, the scrub), no client gets
+    // the rest of them: a read under way is cut, and the next request fetches the blob again.
+    this.unwatch = opts.store.watch((e) => {
+      if (e.type !== 'removed' || e.reason !== 'corrupt') return;
+      const reads = this.localReads.get(e.digest);
+      if (!reads) return;
+      this.localReads.delete(e.digest);
+      for (const r of reads) r.destroy(new UnavailableError(`blob ${e.digest} was found corrupt while it was read; ask again`));
+      this.opts.logger.warn({ digest: e.digest, reads: reads.size }, 'cut reads of a blob found corrupt');
+    });
   }
 
   /** Joins the peer network once it is up (it needs this pull path to serve, so it comes second). */
@@ -86,6 +104,7 @@ export class PullThrough {
 
   /** Stops fetches in flight (their clients get an error) and waits for them to clean up. */
   async stop(): Promise<void> {
+    this.unwatch();
     for (const f of this.fetches.values()) f.cancel();
     await Promise.allSettled([...this.fetches.values()].map((f) => f.done));
   }
@@ -150,28 +169,34 @@ export class PullThrough {
     );
   }
 
-  /** Points a tag at a manifest when it points elsewhere (or nowhere) now. */
+  /** Points a tag at a manifest when it points elsewhere (or nowhere) now; never over a newer record. */
   private async retag(target: RepositoryTarget, tag: string, record: TagRecord, opts: IoOptions): Promise<void> {
     const current = await this.opts.store.getTag(target.repository, tag, opts);
     if (current?.digest === record.digest) return;
-    await this.opts.store.setTag(target.repository, tag, record, opts);
+    if (current && current.updated > record.updated) return;
+    await this.opts.store.setTag(target.repository, tag, { digest: record.digest, updated: record.updated }, opts);
   }
 
-  /** The newest record of a tag in the cluster (this node and its peers); a log line says when one is used. */
+  /**
+   * When no seed answered: this node's record of the tag, or a peer's newer one (a fallback that `peerTags: false`
+   * turns off). The log line and `shoal_tag_resolutions_total{via}` say which.
+   */
   private async newestTagRecord(target: RepositoryTarget, tag: string, seeds: SeedSet | undefined, opts: IoOptions): Promise<TagRecord | undefined> {
     const { store, network, metrics, logger, tagTimeoutMs } = this.opts;
     let best: (TagRecord & { peer?: string }) | undefined = await store.getTag(target.repository, tag, opts);
-    if (network) {
+    if (network && this.opts.peerTags !== false) {
       const signal = opts.signal ? AbortSignal.any([opts.signal, AbortSignal.timeout(tagTimeoutMs)]) : AbortSignal.timeout(tagTimeoutMs);
       for (const r of await network.queryTag(target.repository, tag, { signal }).catch(() => [])) {
         if (!best || r.updated > best.updated) best = r;
       }
     }
     if (best) {
-      metrics.tagResolutions.inc({ via: 'cache' });
+      metrics.tagResolutions.inc({ via: best.peer ? 'peer' : 'cache' });
       logger.warn(
-        { repository: target.repository, tag, digest: best.digest, from: best.peer ?? 'local', seed: seeds ? 'unreachable' : 'none' },
-        seeds ? 'seed unreachable: serving the newest digest of the tag known in the cluster' : 'tag resolved from the cluster',
+        { repository: target.repository, tag, digest: best.digest, from: best.peer ? `peer ${best.peer}` : 'this node', updated: new Date(best.updated).toISOString(), seed: seeds ? 'unreachable' : 'none' },
+        best.peer
+          ? `${seeds ? 'seed unreachable: ' : ''}tag resolved from a peer's record`
+          : `${seeds ? 'seed unreachable: ' : ''}tag resolved from this node's last record`,
       );
     }
     return best;
@@ -185,7 +210,10 @@ export class PullThrough {
         if (!m) continue;
         const actual = Digest.of(m.bytes, Digest.parse(digest).algorithm).toString();
         if (actual !== digest) {
-          network.ban(peer, `manifest ${digest} came back as ${actual}`);
+          // The whole digest proves the bytes bad: tell the holder (it may heal itself), and ban it.
+          this.opts.logger.warn({ peer, digest, actual }, 'a peer sent a manifest whose bytes do not match its digest');
+          void network.report(peer, digest, []);
+          network.ban(peer, 'bad-bytes', `manifest ${digest} came back as ${actual}`);
           continue;
         }
         const parsed = parseManifest(m.bytes, m.mediaType);
@@ -270,8 +298,11 @@ export class PullThrough {
 
   // ---- blobs -------------------------------------------------------------------------------------
 
-  /** A blob from the store, or fetched from the seeds (once per digest, streamed while it arrives). */
-  async blob(target: RepositoryTarget, digest: string, opts: IoOptions = {}): Promise<BlobResponse> {
+  /**
+   * A blob from the store, or fetched from peers and seeds (once per digest, streamed while it arrives). `size`,
+   * when the caller knows it from a descriptor, is what every source must agree with.
+   */
+  async blob(target: RepositoryTarget, digest: string, opts: IoOptions & { size?: number } = {}): Promise<BlobResponse> {
     const { store } = this.opts;
     let info = await store.statBlob(target.repository, digest, opts);
     // In a mirror (seeds or peers), content is content: a blob held for another repository serves this one too.
@@ -281,18 +312,74 @@ export class PullThrough {
     }
     if (info) {
       const size = info.size;
-      return { size, source: 'local', open: (range, o) => store.readContent(digest, range, o) };
+      return { size, source: 'local', open: (range, o) => this.readLocal(digest, range, o) };
     }
     const seeds = this.seedsFor(target);
     const network = this.opts.network;
     if (!seeds && !network) throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${target.repository}`, { digest });
-    const fetch = this.startFetch(target, digest, seeds);
+    const fetch = this.startFetch(target, digest, seeds, true, opts.size);
     const size = await untilAborted(fetch.size, opts.signal);
     return { size, source: 'fetch', open: async (range, o) => fetch.read(range, o) };
   }
 
+  /** A stored blob's bytes for a client; cut if the blob is found corrupt meanwhile. */
+  private async readLocal(digest: string, range: ByteRange | undefined, opts?: IoOptions): Promise<Readable> {
+    const stream = await this.opts.store.readContent(digest, range, opts);
+    let reads = this.localReads.get(digest);
+    if (!reads) this.localReads.set(digest, (reads = new Set()));
+    reads.add(stream);
+    stream.once('close', () => {
+      const set = this.localReads.get(digest);
+      set?.delete(stream);
+      if (set?.size === 0) this.localReads.delete(digest);
+    });
+    return stream;
+  }
+
+  /**
+   * Re-hashes a stored blob that someone found bad bytes of; when its bytes no longer match the digest the store
+   * takes it out (and so out of routing, and away from clients), and it is logged and counted. One check per
+   * digest at a time.
+   */
+  recheck(digest: string, foundBy: 'peer-report' | 'peer-serve', opts: IoOptions = {}): Promise<VerifyOutcome> {
+    let running = this.rechecks.get(digest);
+    if (!running) {
+      running = this.opts.store.verifyContent(digest, opts).then((outcome) => {
+        if (outcome === 'corrupt') {
+          this.opts.metrics.corruptFound(foundBy);
+          this.opts.logger.warn({ digest, foundBy }, 'a stored blob no longer matches its digest: taken out of the store');
+        }
+        return outcome;
+      });
+      const settled = running.finally(() => this.rechecks.delete(digest));
+      settled.catch(() => undefined);
+      this.rechecks.set(digest, running);
+    }
+    return running;
+  }
+
+  /**
+   * Fetches content of a stored repository again (from peers, then seeds) and resolves once it is stored: pinned
+   * content that was lost (taken out as corrupt, a file gone) must not leave its image incomplete.
+   */
+  async refetch(repository: string, digest: string, kind: 'manifest' | 'blob', opts: IoOptions = {}): Promise<void> {
+    const target = this.targetOf(repository);
+    if (kind === 'manifest') await this.manifest(target, { kind: 'digest', digest }, opts);
+    else await untilAborted(this.startFetch(target, digest, this.seedsFor(target), true).done, opts.signal);
+  }
+
+  /** The request target of a stored repository: `docker.io/library/nginx` is `library/nginx` of `docker.io`. */
+  private targetOf(repository: string): RepositoryTarget {
+    const [first, ...rest] = repository.split('/');
+    if (first && rest.length > 0 && (first.includes('.') || first.startsWith('localhost'))) {
+      const namespace = first.replace(/-(\d+)$/, ':$1');
+      if (this.opts.seeds.seedsFor(namespace)) return { repository, upstream: rest.join('/'), namespace };
+    }
+    return { repository, upstream: repository };
+  }
+
   /** The fetch of a digest in flight, or a new one. */
-  private startFetch(target: RepositoryTarget, digest: string, seeds: SeedSet | undefined, usePeers = true): BlobFetch {
+  private startFetch(target: RepositoryTarget, digest: string, seeds: SeedSet | undefined, usePeers = true, expectedSize?: number): BlobFetch {
     // Keyed by registry too: a fetch stuck on one registry's seed must not hold a client of another registry.
     const key = `${target.namespace ?? ''}@${digest}`;
     const existing = this.fetches.get(key);
@@ -305,6 +392,7 @@ export class PullThrough {
       parallelChunks: this.opts.parallelChunks,
       seedRate: this.opts.seedRate,
       digest,
+      expectedSize,
       repository: target.repository,
       upstreamRepository: target.upstream,
       metrics: this.opts.metrics,
@@ -314,6 +402,26 @@ export class PullThrough {
     this.fetches.set(key, created);
     void created.done.catch(() => undefined).finally(() => this.fetches.delete(key));
     return created;
+  }
+
+  /**
+   * A stored chunk as it is read, checked against its hash before its last piece goes out: rotten bytes never
+   * leave this node whole, and the blob is re-checked (and taken out when bad) at once.
+   */
+  private async *vouched(stream: Readable, digest: string, index: number, expected: string): AsyncIterable<Uint8Array> {
+    const hash = createHash('sha256');
+    let held: Uint8Array | undefined;
+    for await (const piece of stream as AsyncIterable<Uint8Array>) {
+      if (held) yield held;
+      hash.update(piece);
+      held = piece;
+    }
+    if (hash.digest('hex') !== expected) {
+      this.opts.logger.warn({ digest, chunk: index }, 'a stored chunk does not match its hash: not served, and the blob is checked');
+      void this.recheck(digest, 'peer-serve').catch(() => undefined);
+      throw new UnavailableError(`chunk ${index} of ${digest} is corrupt on this node`);
+    }
+    if (held) yield held;
   }
 
   /**
@@ -327,7 +435,15 @@ export class PullThrough {
     const info = await store.statContent(digest, opts);
     if (info) {
       if (req.start >= info.size) return undefined;
-      return { size: info.size, stream: await store.readContent(digest, { start: req.start, end: Math.min(req.end, info.size - 1) }, opts) };
+      // Only what this node can vouch for: a blob whose chunk map came from verified bytes (the store re-hashes it
+      // when it has none, and drops it when it is bad).
+      const map = await store.chunkMap(digest, opts);
+      if (!map) return undefined;
+      const end = Math.min(req.end, info.size - 1);
+      const stream = await store.readContent(digest, { start: req.start, end }, opts);
+      const index = req.start / CHUNK_SIZE;
+      const wholeChunk = Number.isInteger(index) && end === Math.min(info.size, req.start + CHUNK_SIZE) - 1;
+      return { size: info.size, stream: wholeChunk ? this.vouched(stream, digest, index, map.chunks[index]!) : stream };
     }
     let fetch = [...this.fetches.values()].find((f) => f.digest === digest);
     if (!fetch && req.pull) {

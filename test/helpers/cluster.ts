@@ -25,13 +25,16 @@ export interface ClusterNode extends TestNode {
   /** This node's libp2p peer id. */
   peerId: string;
   stopped: boolean;
+  /** The settings it was started with (a restart keeps them). */
+  config: Partial<ShoalConfig>;
 }
 
 export interface PeersView {
   enabled: boolean;
   self?: string;
   addresses?: string[];
-  peers: Array<{ id: string; addresses: string[]; blobs: number; bytesIn: number; bytesOut: number; bannedUntil?: number; throughput?: number }>;
+  /** Connected peers, and banned ones (`connected: false`) while their ban lasts. */
+  peers: Array<{ id: string; addresses: string[]; connected?: boolean; blobs: number; bytesIn: number; bytesOut: number; bannedUntil?: number; throughput?: number }>;
 }
 
 /** `GET /shoal/peers` of a node. */
@@ -103,34 +106,63 @@ export class Cluster {
   async add(config: Partial<ShoalConfig> = {}, extraPeers: string[] = []): Promise<ClusterNode> {
     const index = this.nodes.length;
     const base = typeof this.opts.config === 'function' ? this.opts.config(index) : (this.opts.config ?? {});
-    const test = await startTestNode({
-      config: {
-        seeds: (this.opts.seeds ?? []).map((url) => ({ url })),
-        p2pListen: '127.0.0.1:0',
-        clusterKeyFile: this.clusterKeyFile,
-        peers: [...this.addresses(), ...extraPeers],
-        ...base,
-        ...config,
-      },
+    const settings: Partial<ShoalConfig> = {
+      seeds: (this.opts.seeds ?? []).map((url) => ({ url })),
+      p2pListen: '127.0.0.1:0',
+      clusterKeyFile: this.clusterKeyFile,
+      ...base,
+      ...config,
+    };
+    const test = await startTestNode({ config: { ...settings, peers: [...this.addresses(), ...extraPeers, ...(settings.peers ?? [])] } });
+    const node = await this.wrap(test, index, settings, async () => test.stop());
+    this.nodes.push(node);
+    return node;
+  }
+
+  /**
+   * Stops a node (its data stays), runs `whileStopped` on its data dir (e.g. to flip a byte of a blob), and starts
+   * it again with the same settings and identity; it dials every running node. Returns the new handle, which takes
+   * the old one's place.
+   */
+  async restart(node: ClusterNode, whileStopped?: (dataDir: string) => Promise<void>): Promise<ClusterNode> {
+    if (!node.stopped) {
+      node.stopped = true;
+      await node.node.stop();
+    }
+    const dataDir = node.dataDir;
+    let test: TestNode;
+    try {
+      await whileStopped?.(dataDir);
+      test = await startTestNode({ dataDir, config: { ...node.config, peers: [...this.addresses(), ...(node.config.peers ?? [])] } });
+    } catch (err) {
+      await rm(dataDir, { recursive: true, force: true });
+      throw err;
+    }
+    const restarted = await this.wrap(test, node.index, node.config, async () => {
+      await test.stop();
+      await rm(dataDir, { recursive: true, force: true });
     });
+    this.nodes[this.nodes.indexOf(node)] = restarted;
+    return restarted;
+  }
+
+  private async wrap(test: TestNode, index: number, config: Partial<ShoalConfig>, stop: () => Promise<void>): Promise<ClusterNode> {
     const peers = test.node.peers;
     if (!peers) {
-      await test.stop();
+      await stop();
       throw new Error('the node started without its peer network (p2pListen not set?)');
     }
     const tcp = peers.addresses().map((a) => /\/ip4\/([\d.]+)\/tcp\/(\d+)/.exec(a)).find((m) => m !== null);
     if (!tcp) {
-      await test.stop();
+      await stop();
       throw new Error(`no TCP address among ${peers.addresses().join(', ')}`);
     }
-    const node: ClusterNode = { ...test, index, p2pAddress: `${tcp[1]}:${tcp[2]}`, peerId: peers.selfId, stopped: false };
-    const stop = test.stop.bind(test);
+    const node: ClusterNode = { ...test, index, p2pAddress: `${tcp[1]}:${tcp[2]}`, peerId: peers.selfId, stopped: false, config };
     node.stop = async () => {
       if (node.stopped) return;
       node.stopped = true;
       await stop();
     };
-    this.nodes.push(node);
     return node;
   }
 
@@ -142,10 +174,11 @@ export class Cluster {
       async () => {
         const views = await Promise.all(nodes.map((n) => peersOf(n.url)));
         const missing = views.flatMap((v, i) => {
-          const seen = new Set(v.peers.map((p) => p.id));
+          const connected = v.peers.filter((p) => p.connected !== false);
+          const seen = new Set(connected.map((p) => p.id));
           const want = nodes.filter((_, j) => j !== i).map((n) => n.peerId);
           const lacking = want.filter((id) => !seen.has(id));
-          return lacking.length > 0 || v.peers.length < want.length + extra ? [`node ${nodes[i]!.index} sees ${v.peers.length} (lacks ${lacking.length})`] : [];
+          return lacking.length > 0 || connected.length < want.length + extra ? [`node ${nodes[i]!.index} sees ${connected.length} (lacks ${lacking.length})`] : [];
         });
         return missing.length === 0 ? true : missing.join('; ');
       },

@@ -10,6 +10,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 
 export const DOCKER_REGISTRY_BIN = process.env.SHOAL_DOCKER_REGISTRY ?? '/usr/bin/docker-registry';
 
@@ -232,4 +233,28 @@ export async function pushRandomImage(
   );
   const manifestDigest = await pushManifest(baseUrl, repository, tag, manifestBytes, manifestMediaType, opts.auth);
   return { repository, tag, manifestDigest, manifestBytes, manifestMediaType, config, layers };
+}
+
+/**
+ * Pushes an image with one real gzip layer of about `size` bytes (random data compresses to nothing less), so
+ * that skopeo copies it as is (a layer labelled gzip that is not gzip gets recompressed under another digest).
+ */
+export async function pushGzipImage(baseUrl: string, repository: string, tag: string, size: number): Promise<PushedImage> {
+  const raw = randomBytes(size);
+  const bytes = gzipSync(raw, { level: 1 });
+  const mediaType = 'application/vnd.oci.image.layer.v1.tar+gzip';
+  const layer = { digest: await pushBlob(baseUrl, repository, bytes), bytes, mediaType };
+  const configBytes = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [sha256(raw)] }, config: {} }));
+  const config = { digest: await pushBlob(baseUrl, repository, configBytes), bytes: configBytes, mediaType: 'application/vnd.oci.image.config.v1+json' };
+  const manifestMediaType = 'application/vnd.oci.image.manifest.v1+json';
+  const manifestBytes = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: manifestMediaType,
+      config: { mediaType: config.mediaType, digest: config.digest, size: configBytes.length },
+      layers: [{ mediaType, digest: layer.digest, size: bytes.length }],
+    }),
+  );
+  const manifestDigest = await pushManifest(baseUrl, repository, tag, manifestBytes, manifestMediaType);
+  return { repository, tag, manifestDigest, manifestBytes, manifestMediaType, config, layers: [layer] };
 }
