@@ -92,7 +92,7 @@ describe('garbage collection (real node processes)', () => {
     const kept = new Map<string, { digest: string; blobs: Buffer[] }>();
     let created = 0;
     let refused = 0;
-    for (let round = 0; round < 60; round++) {
+    for (let round = 0; round < 30; round++) {
       const blobs = [configBlob(`round ${round}`), shared, randomBytes(2048 + round)];
       const manifest = manifestOf(blobs[0]!, blobs.slice(1));
       const tag = `r${round}`;
@@ -148,5 +148,150 @@ describe('garbage collection (real node processes)', () => {
     const fsck = await runShoal(['fsck', '--data', dataDir, '--json']);
     assert.equal(fsck.code, 0, fsck.stdout + fsck.stderr);
     assert.deepEqual(JSON.parse(fsck.stdout).problems, []);
+  });
+  it('retention rules: keepLast, keepDays on tags of different ages, protected patterns, pins; the dry run frees exactly what the real run does', { timeout: 60_000 }, async (t) => {
+    const dataDir = await procs.tempDir('shoal-retention-');
+    let node = await procs.serve({ dataDir, args: ['--gc-interval', '0', '--scrub-rate', '0'] });
+    const day = 86_400_000;
+    const now = Date.now();
+    // repository -> tag -> age in days
+    const plan: Record<string, Record<string, number>> = {
+      'ret/last/app': { v0: 50, v1: 40, v2: 30, v3: 20, v4: 10, 'stable-1': 60 },
+      'ret/days/app': { fresh: 1, week: 6, old: 10, ancient: 40, 'release-1': 40, pinned: 40 },
+      'ret/misc/app': { x: 0 },
+      'other/app': { old: 100 },
+    };
+    const images = new Map<string, { digest: string; blobs: Buffer[] }>();
+    for (const [repo, tags] of Object.entries(plan)) {
+      for (const tag of Object.keys(tags)) {
+        const blobs = [configBlob(`${repo}:${tag}`), randomBytes(20_000), randomBytes(5_000)];
+        images.set(`${repo}:${tag}`, { digest: await pushImage(node.url, repo, tag, blobs), blobs });
+      }
+    }
+    await pin(node.url, 'ret/days/app', images.get('ret/days/app:pinned')!.digest);
+    assert.equal((await node.terminate()).code, 0);
+
+    // Tag records carry when they were set: age them in the stopped store, as if they had been pushed long ago.
+    const store = await openDiskStore(dataDir);
+    try {
+      for (const [repo, tags] of Object.entries(plan)) {
+        for (const [tag, age] of Object.entries(tags)) await store.setTag(repo, tag, { digest: images.get(`${repo}:${tag}`)!.digest, updated: now - age * day });
+      }
+    } finally {
+      await store.close();
+    }
+    const config = join(dataDir, '..', `${dataDir.split('/').pop()}.yaml`);
+    await writeFile(
+      config,
+      [
+        'gcGrace: "0"',
+        'gcInterval: "0"',
+        'scrubRate: "0"',
+        'retention:',
+        '  - { prefix: "ret/", keepLast: 0 }',
+        '  - { prefix: "ret/last/", keepLast: 2, protect: ["stable-*"] }',
+        '  - { prefix: "ret/days/", keepDays: 7, protect: ["release-*"] }',
+      ].join('\n') + '\n',
+    );
+    node = await procs.serve({ dataDir, config });
+
+    const before = { disk: await bytesOnDisk(dataDir), stored: (await statusOf(node.url)).store.bytes };
+    const dry = await runShoal(['gc', '--dry-run', '--node', node.url, '--json']);
+    assert.equal(dry.code, 0, dry.stderr);
+    const planned = JSON.parse(dry.stdout) as GcReport;
+    assert.equal(planned.dryRun, true);
+    assert.equal(await bytesOnDisk(dataDir), before.disk, 'a dry run changes nothing');
+    const real = await runShoal(['gc', '--node', node.url, '--json']);
+    assert.equal(real.code, 0, real.stderr);
+    const done = JSON.parse(real.stdout) as GcReport;
+    assert.equal(done.dryRun, false);
+    assert.deepEqual(sortItems(done.items), sortItems(planned.items), 'the dry run lists exactly what the real run removes');
+    assert.equal(done.bytesFreed, planned.bytesFreed);
+    for (const k of ['tags', 'manifests', 'blobs', 'uploads'] as const) assert.equal(done[k], planned[k], k);
+    const afterRun = { disk: await bytesOnDisk(dataDir), stored: (await statusOf(node.url)).store.bytes };
+    assert.equal(before.stored - afterRun.stored, done.bytesFreed, 'the bytes reported are the bytes the store no longer holds');
+    assert.equal(before.disk - afterRun.disk, done.bytesFreed, 'and the bytes that left the disk');
+
+    const expired = ['ret/last/app:v0', 'ret/last/app:v1', 'ret/last/app:v2', 'ret/days/app:old', 'ret/days/app:ancient', 'ret/misc/app:x'];
+    const expiredTags = done.items.filter((i) => i.kind === 'tag').map((i) => `${i.repository}:${i.tag}`);
+    assert.deepEqual(expiredTags.sort(), [...expired].sort());
+    for (const i of done.items.filter((x) => x.kind === 'tag')) assert.match(i.reason, /retention rule for "ret\/(last|days)?\/?"/);
+    for (const [key, img] of images) {
+      const [repo, tag] = key.split(':') as [string, string];
+      if (expired.includes(key)) {
+        assert.equal((await request(node.url, 'GET', `/v2/${repo}/manifests/${tag}`)).status, 404, `${key} expired`);
+        assert.equal((await request(node.url, 'GET', `/v2/${repo}/manifests/${img.digest}`)).status, 404, `${key}: its manifest went too`);
+        for (const b of img.blobs) assert.equal(await hasBlobFile(dataDir, sha256(b)), false, `${key}: blob ${sha256(b)} went too`);
+      } else {
+        const pulled = await pullImage(node.url, repo, tag);
+        assert.equal(pulled.manifestDigest, img.digest, `${key} stays`);
+        for (const b of img.blobs) assert.deepEqual(pulled.blobs.get(sha256(b)), b);
+      }
+    }
+    const again = await gcThroughApi(node.url, false);
+    assert.deepEqual(again.items, [], 'a second run finds nothing');
+    const m = await scrape(node.url);
+    assert.equal(m.get('shoal_gc_runs_total', { result: 'ok' }), 2);
+    assert.equal(m.get('shoal_gc_freed_bytes_total'), done.bytesFreed);
+    t.diagnostic(`retention removed ${done.tags} tags, ${done.manifests} manifests, ${done.blobs} blob links, ${done.bytesFreed} bytes`);
+  });
+
+  it('shoal gc --data on a stopped node: the dry run matches the real run (untagged manifests, orphan blobs, abandoned uploads)', { timeout: 60_000 }, async () => {
+    const dataDir = await procs.tempDir('shoal-gc-offline-');
+    const node = await procs.serve({ dataDir, args: ['--gc-interval', '0', '--scrub-rate', '0'] });
+    const keep = [configBlob('keep'), randomBytes(30_000)];
+    const keepDigest = await pushImage(node.url, 'off/app', 'v1', keep);
+    // An image pushed by digest only (never tagged), one whose tag was deleted, blobs no manifest names, and an
+    // upload session left with some bytes in it.
+    const untagged = [configBlob('untagged'), randomBytes(40_000)];
+    for (const b of untagged) await pushBlob(node.url, 'off/app', b);
+    const um = manifestOf(untagged[0]!, untagged.slice(1));
+    assert.equal((await putManifest(node.url, 'off/app', sha256(um), um, MediaTypes.OciManifest)).status, 201);
+    const dropped = [configBlob('dropped'), randomBytes(50_000)];
+    await pushImage(node.url, 'off/other', 'gone', dropped);
+    assert.equal((await request(node.url, 'DELETE', '/v2/off/other/manifests/gone')).status, 202);
+    const orphan = randomBytes(60_000);
+    await pushBlob(node.url, 'off/orphans', orphan);
+    // A blob of the kept image, linked into another repository too: its bytes are live, so its links stay.
+    await pushBlob(node.url, 'off/orphans', keep[1]!);
+    const session = await request(node.url, 'POST', '/v2/off/app/blobs/uploads/');
+    assert.equal(session.status, 202);
+    const patch = await request(node.url, 'PATCH', session.headers.get('location')!, { headers: { 'content-type': 'application/octet-stream' }, body: randomBytes(70_000) });
+    assert.equal(patch.status, 202, patch.text());
+    assert.equal((await node.terminate()).code, 0);
+
+    const config = join(dataDir, 'gc.yaml');
+    await writeFile(config, 'gcGrace: "0"\nuploadTimeout: "0"\n');
+    const before = await bytesOnDisk(dataDir);
+    const dry = await runShoal(['gc', '--data', dataDir, '-c', config, '--dry-run', '--json']);
+    assert.equal(dry.code, 0, dry.stderr);
+    const planned = JSON.parse(dry.stdout) as GcReport;
+    assert.equal(await bytesOnDisk(dataDir), before, 'a dry run changes nothing');
+    const real = await runShoal(['gc', '--data', dataDir, '-c', config, '--json']);
+    assert.equal(real.code, 0, real.stderr);
+    const done = JSON.parse(real.stdout) as GcReport;
+    assert.deepEqual(sortItems(done.items), sortItems(planned.items));
+    assert.equal(done.bytesFreed, planned.bytesFreed);
+    // What goes: the untagged manifest and its two blobs, the untagged image of off/other (manifest and blobs), the
+    // orphan blob, the upload session (its 70000 bytes).
+    assert.equal(done.manifests, 2);
+    assert.equal(done.blobs, 2 + 2 + 1);
+    assert.equal(done.uploads, 1);
+    const freedBlobBytes = [...untagged, um, ...dropped, orphan].reduce((n, b) => n + b.length, 0) + manifestOf(dropped[0]!, dropped.slice(1)).length;
+    assert.equal(done.bytesFreed, freedBlobBytes + 70_000);
+    assert.equal(before - (await bytesOnDisk(dataDir)), freedBlobBytes, 'blob bytes that left the disk');
+    // Text output names each item with its reason.
+    const again = await runShoal(['gc', '--data', dataDir, '-c', config, '--dry-run']);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /would remove 0 tag\(s\), 0 manifest\(s\), 0 blob link\(s\), 0 upload session\(s\)/);
+    const fsck = await runShoal(['fsck', '--data', dataDir, '--json']);
+    assert.equal(fsck.code, 0, fsck.stdout + fsck.stderr);
+    const restarted = await procs.serve({ dataDir, args: ['--gc-interval', '0', '--scrub-rate', '0'] });
+    const pulled = await pullImage(restarted.url, 'off/app', 'v1');
+    assert.equal(pulled.manifestDigest, keepDigest);
+    for (const b of keep) assert.deepEqual(pulled.blobs.get(sha256(b)), b);
+    assert.equal((await request(restarted.url, 'HEAD', `/v2/off/orphans/blobs/${sha256(keep[1]!)}`)).status, 200);
+    assert.equal((await request(restarted.url, 'HEAD', `/v2/off/orphans/blobs/${sha256(orphan)}`)).status, 404);
+    assert.equal((await request(restarted.url, 'GET', `/v2/off/app/manifests/${sha256(um)}`)).status, 404);
   });
 });
