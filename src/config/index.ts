@@ -74,6 +74,8 @@ export interface ShoalConfig {
   uploadTimeout: string;
   /** Bytes per second the background scrub re-hashes, e.g. 10M; 0: off. */
   scrubRate: string;
+  /** How long the scrub rests after a pass over the store before the next one, e.g. 1h (at least 1s). */
+  scrubInterval: string;
   /** Tag retention rules per repository prefix. */
   retention: RetentionRule[];
 }
@@ -107,6 +109,7 @@ export function defaultConfig(): ShoalConfig {
     gcGrace: '1h',
     uploadTimeout: '24h',
     scrubRate: '10M',
+    scrubInterval: '1h',
     retention: [],
   };
 }
@@ -157,6 +160,7 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   gcGrace: 'optional',
   uploadTimeout: 'optional',
   scrubRate: 'optional',
+  scrubInterval: 'optional',
   retention: 'retention',
 };
 
@@ -164,6 +168,11 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
 export function parseDuration(value: string, setting: string): number {
   const n = /^\d+$/.test(value.trim()) ? Number(value) : ms(value.trim() as ms.StringValue);
   if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) throw new ConfigError(`${setting}: ${JSON.stringify(value)} is not a duration; write e.g. 90s, 15m, 6h or 2d`);
+  return n;
+}
+
+function atLeast(n: number, min: number, message: () => string): number {
+  if (n < min) throw new ConfigError(message());
   return n;
 }
 
@@ -175,6 +184,7 @@ export function lifecycleSettings(config: ShoalConfig): {
   gcGraceMs: number;
   uploadTimeoutMs: number;
   scrubRate: number;
+  scrubIntervalMs: number;
 } {
   const wrap = <T>(setting: string, f: () => T): T => {
     try {
@@ -190,6 +200,7 @@ export function lifecycleSettings(config: ShoalConfig): {
     gcGraceMs: parseDuration(config.gcGrace, 'gcGrace'),
     uploadTimeoutMs: parseDuration(config.uploadTimeout, 'uploadTimeout'),
     scrubRate: wrap('scrubRate', () => parseRate(config.scrubRate)),
+    scrubIntervalMs: atLeast(parseDuration(config.scrubInterval, 'scrubInterval'), 1000, () => `scrubInterval: ${JSON.stringify(config.scrubInterval)} is too short; the scrub rests at least 1s between passes`),
   };
 }
 
