@@ -332,6 +332,21 @@ describe('eviction (StoreQuota) on the in-memory store', () => {
     await store.close();
   });
 
+  it('status counts pinned bytes while the store is under its quota', async () => {
+    const store = await openMemoryStore();
+    const pinned = await putImage(store, 'app', { layers: 2, layerSize: 20_000, tag: 'v1' });
+    await putImage(store, 'app', { layers: 1, layerSize: 50_000, tag: 'v2' });
+    const { quota, metrics } = quotaOf(store, 10_000_000);
+    assert.equal((await quota.status()).pinnedBytes, 0);
+    await store.pinManifest('app', pinned.digest, 'test');
+    const bytes = (await Promise.all([pinned.digest, ...pinned.blobs].map((d) => store.statContent(d)))).reduce((n, i) => n + i!.size, 0);
+    const status = await quota.status();
+    assert.equal(status.pinnedBytes, bytes);
+    assert.equal(status.pinsOverQuota, false);
+    assert.equal((await metrics.pinnedBytes.get()).values[0]!.value, bytes);
+    await store.close();
+  });
+
   it('says so when pinned content alone does not fit, and evicts nothing pinned', async () => {
     const store = await openMemoryStore();
     const pinned = await putImage(store, 'app', { layers: 2, layerSize: 20_000, tag: 'v1' });
@@ -346,5 +361,23 @@ describe('eviction (StoreQuota) on the in-memory store', () => {
     assert.ok(status.pinnedBytes >= 40_000);
     assert.equal((await metrics.pinsOverQuota.get()).values[0]!.value, 1);
     await store.close();
+  });
+});
+
+describe('scrub and lifecycle removals at once', () => {
+  it('a blob evicted while it is being verified is missing, not corrupt', async () => {
+    for (let round = 0; round < 80; round++) {
+      const store = await openMemoryStore();
+      const blob = await putBlob(store, 'app', randomBytes(2000));
+      const turns = async (): Promise<void> => {
+        for (let i = 0; i < round >> 1; i++) await Promise.resolve();
+      };
+      const verify = () => store.verifyContent(blob.digest);
+      const evict = () => store.removeContent(blob.digest, 'evicted');
+      const [verified, evicted] = await Promise.all(round % 2 === 0 ? [verify(), turns().then(evict)] : [turns().then(verify), evict()]);
+      assert.equal(evicted, true);
+      assert.ok(verified === 'ok' || verified === 'missing', `round ${round}: an evicted blob was reported ${verified}`);
+      await store.close();
+    }
   });
 });
