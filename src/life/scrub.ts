@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { TokenBucket } from '../limits/token-bucket.ts';
 import type { ContentStore } from '../store/index.ts';
@@ -90,13 +91,8 @@ export class Scrubber {
       this.state.lastPass = { finished: new Date().toISOString(), blobs: current.blobs, bytes: current.bytes, corrupt };
       this.state.current = undefined;
       logger.info({ blobs: current.blobs, bytes: current.bytes, corrupt }, 'scrub pass finished');
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, this.opts.pauseMs ?? 3_600_000);
-        signal.addEventListener('abort', () => {
-          clearTimeout(t);
-          resolve();
-        }, { once: true });
-      });
+      // A signal aborted already (stop() during the pass) fires no more 'abort' events: the rest rejects at once.
+      await sleep(this.opts.pauseMs ?? 3_600_000, undefined, { signal, ref: false }).catch(() => undefined);
     }
   }
 }

@@ -12,6 +12,7 @@ import { Registry } from 'prom-client';
 import { collectGarbage, type GcItem } from '../../src/life/gc.ts';
 import { LifecycleMetrics } from '../../src/life/metrics.ts';
 import { StoreQuota } from '../../src/life/quota.ts';
+import { Scrubber } from '../../src/life/scrub.ts';
 import { pinnedDigests, ReachabilityWalk } from '../../src/life/reachability.ts';
 import { expiredTags, parseRetentionRules, ruleFor, type RetentionRule } from '../../src/life/retention.ts';
 import { openMemoryStore, STAGING_REPOSITORY, type KvContentStore, type TagEntry } from '../../src/store/index.ts';
@@ -379,5 +380,15 @@ describe('scrub and lifecycle removals at once', () => {
       assert.ok(verified === 'ok' || verified === 'missing', `round ${round}: an evicted blob was reported ${verified}`);
       await store.close();
     }
+  });
+});
+
+describe('scrub service', () => {
+  it('stops at once, also when stopped while its first pass over an empty store is finishing', { timeout: 20_000 }, async () => {
+    const store = await openMemoryStore();
+    const scrub = new Scrubber({ store, rate: 1_000_000, pauseMs: 3_600_000, logger: silent, metrics: new LifecycleMetrics(new Registry()) });
+    scrub.start();
+    await scrub.stop();
+    await store.close();
   });
 });
