@@ -17,7 +17,7 @@ import { peersOf, waitFor } from '../helpers/cluster.ts';
 import { bytesOnDisk, hasBlobFile, pin, pullImage, statusOf } from '../helpers/lifecycle.ts';
 import { scrape } from '../helpers/metrics.ts';
 import { pushRandomImage, startDockerRegistry, type DockerRegistry, type PushedImage } from '../helpers/seed-registry.ts';
-import { ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
+import { runShoal, ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
 
 const QUOTA = 40_000_000;
 const LAYER = 3_500_000;
@@ -182,6 +182,12 @@ describe('quota and LRU eviction (real node processes, docker-registry seed, a p
     await inventorySynced();
     const everStored = 2 * 3 + seedImages.length * 3 + onPeer.length * 3 + pushed.length * 4;
     assert.ok((await statusOf(a.url)).store.blobs < everStored - 10, 'A holds far fewer blobs than it ever stored');
+    // `shoal status` says it in words.
+    const text = await runShoal(['status', '--node', a.url]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /of a 38\.1 MiB quota/);
+    assert.match(text.stdout, /pins\s+2 pin\(s\) holding 7\.\d MiB\n/);
+    assert.match(text.stdout, /eviction\s+last \S+: \d+ blob\(s\)/);
     t.diagnostic(`${total.bytes} bytes through a ${QUOTA}-byte quota; at most ${worst} bytes seen stored; ${metricsA.get('shoal_evictions_total')} evictions`);
   });
 });
