@@ -9,6 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
+import { lifecycleSettings, loadConfig } from '../../src/config/index.ts';
 import { collectGarbage, type GcItem } from '../../src/life/gc.ts';
 import { LifecycleMetrics } from '../../src/life/metrics.ts';
 import { StoreQuota } from '../../src/life/quota.ts';
@@ -390,5 +391,24 @@ describe('scrub service', () => {
     scrub.start();
     await scrub.stop();
     await store.close();
+  });
+});
+
+describe('lifecycle settings', () => {
+  it('reads sizes, durations and rules from file, environment and flags, and refuses what makes no sense', async () => {
+    const s = lifecycleSettings(
+      await loadConfig({ env: { SHOAL_MAX_STORE: '40M', SHOAL_MIN_FREE: '10%', SHOAL_GC_GRACE: '0', SHOAL_SCRUB_INTERVAL: '2s', SHOAL_RETENTION: '[{"prefix":"a/","keepLast":2}]' }, flags: { gcInterval: '30m', scrubRate: '0' } }),
+    );
+    assert.equal(s.maxStore, 40_000_000);
+    assert.deepEqual(s.minFree, { kind: 'percent', percent: 10 });
+    assert.equal(s.gcGraceMs, 0);
+    assert.equal(s.gcIntervalMs, 30 * 60_000);
+    assert.equal(s.scrubRate, 0);
+    assert.equal(s.scrubIntervalMs, 2000);
+    const d = lifecycleSettings(await loadConfig({ env: {} }));
+    assert.deepEqual([d.maxStore, d.minFree, d.gcIntervalMs, d.gcGraceMs, d.uploadTimeoutMs, d.scrubIntervalMs], [0, undefined, 6 * 3_600_000, 3_600_000, 24 * 3_600_000, 3_600_000]);
+    await assert.rejects(loadConfig({ env: { SHOAL_SCRUB_INTERVAL: '10ms' } }), /scrubInterval: "10ms" is too short; the scrub rests at least 1s between passes/);
+    await assert.rejects(loadConfig({ env: { SHOAL_GC_GRACE: 'soon' } }), /gcGrace: "soon" is not a duration/);
+    await assert.rejects(loadConfig({ env: { SHOAL_RETENTION: '[{"prefix":"a/"}]' } }), /retention .*give keepLast, keepDays or both/);
   });
 });
