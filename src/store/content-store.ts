@@ -237,8 +237,20 @@ export class KvContentStore implements ContentStore {
       await this.removeContent(digest, 'corrupt');
       return undefined;
     }
-    await this.kv.batch([{ type: 'put', key: keys.chunks(digest), value: checked }], { sync: false });
+    await this.putWhileStored(digest, keys.chunks(digest), checked);
     return checked;
+  }
+
+  /**
+   * Writes a record about a blob (chunk map, access time) only while the blob is stored, under its lock: a removal
+   * that came meanwhile (an eviction during a scrub's hash, a delete during a read) leaves no record behind.
+   */
+  private async putWhileStored(digest: string, key: string, value: unknown, opts: { ifAbsent?: boolean } = {}): Promise<void> {
+    await this.digestLocks.run(digest, async () => {
+      if (!(await this.kv.get(keys.blob(digest)))) return;
+      if (opts.ifAbsent && (await this.kv.get(key)) !== undefined) return;
+      await this.kv.batch([{ type: 'put', key, value }], { sync: false });
+    });
   }
 
   async verifyContent(digest: string, opts: IoOptions = {}): Promise<VerifyOutcome> {
@@ -248,7 +260,7 @@ export class KvContentStore implements ContentStore {
       await this.removeContent(digest, 'corrupt');
       return 'corrupt';
     }
-    if (!(await this.kv.get(keys.chunks(digest)))) await this.kv.batch([{ type: 'put', key: keys.chunks(digest), value: checked }], { sync: false });
+    await this.putWhileStored(digest, keys.chunks(digest), checked, { ifAbsent: true });
     return 'ok';
   }
 
@@ -408,9 +420,7 @@ export class KvContentStore implements ContentStore {
     const now = Date.now();
     const last = this.atimes.get(digest) ?? 0;
     this.atimes.set(digest, now);
-    if (now - last > ATIME_RESOLUTION_MS) {
-      await this.kv.batch([{ type: 'put', key: keys.atime(digest), value: now }], { sync: false });
-    }
+    if (now - last > ATIME_RESOLUTION_MS) await this.putWhileStored(digest, keys.atime(digest), now);
     return stream;
   }
 

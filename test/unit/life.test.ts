@@ -6,7 +6,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { lifecycleSettings, loadConfig } from '../../src/config/index.ts';
@@ -16,7 +18,7 @@ import { StoreQuota } from '../../src/life/quota.ts';
 import { Scrubber } from '../../src/life/scrub.ts';
 import { pinnedDigests, ReachabilityWalk } from '../../src/life/reachability.ts';
 import { expiredTags, parseRetentionRules, ruleFor, type RetentionRule } from '../../src/life/retention.ts';
-import { openMemoryStore, STAGING_REPOSITORY, type KvContentStore, type TagEntry } from '../../src/store/index.ts';
+import { fsckDataDir, openDiskStore, openMemoryStore, STAGING_REPOSITORY, type KvContentStore, type TagEntry } from '../../src/store/index.ts';
 
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const DAY = 86_400_000;
@@ -380,6 +382,41 @@ describe('scrub and lifecycle removals at once', () => {
       assert.equal(evicted, true);
       assert.ok(verified === 'ok' || verified === 'missing', `round ${round}: an evicted blob was reported ${verified}`);
       await store.close();
+    }
+  });
+});
+
+describe('records about a blob never outlive it', () => {
+  it('the scrub and eviction of the same blobs at once leave no stale record behind (fsck of the store is clean)', { timeout: 60_000 }, async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'shoal-life-'));
+    try {
+      const store = await openDiskStore(dir);
+      // Pushed through upload sessions, the blobs have no chunk map yet: the scrub's verification records one.
+      const digests: string[] = [];
+      for (let i = 0; i < 16; i++) {
+        const bytes = randomBytes(1_500_000);
+        const session = await store.createUpload('app');
+        await store.appendUpload('app', session.id, (async function* () {
+          yield bytes;
+        })());
+        digests.push((await store.commitUpload('app', session.id, sha256(bytes))).digest);
+      }
+      // Each verification re-hashes a blob; the eviction comes at a different moment of it each time.
+      for (const [i, digest] of digests.entries()) {
+        const verified = store.verifyContent(digest);
+        await new Promise((r) => setTimeout(r, i % 8));
+        assert.equal(await store.removeContent(digest, 'evicted'), true);
+        assert.ok(['ok', 'missing'].includes(await verified));
+      }
+      // And reads that record an access time, racing the removal of what they read.
+      const more: Desc[] = [];
+      for (let i = 0; i < 6; i++) more.push(await putBlob(store, 'app', randomBytes(1000)));
+      await Promise.all(more.map(async (b) => Promise.all([store.readContent(b.digest).then((s) => s.resume()), store.deleteBlob('app', b.digest)])));
+      await store.close();
+      const report = await fsckDataDir(dir);
+      assert.deepEqual(report.problems, []);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });
