@@ -74,6 +74,8 @@ export interface ShoalConfig {
   uploadTimeout: string;
   /** Bytes per second the background scrub re-hashes, e.g. 10M; 0: off. */
   scrubRate: string;
+  /** How long the scrub rests after a pass over the store before the next one, e.g. 1h (at least 1s). */
+  scrubInterval: string;
   /** Tag retention rules per repository prefix. */
   retention: RetentionRule[];
   /** When no seed answers for a tag, may a peer's newer record of it answer? false: tags only from seeds and bundles. */
@@ -115,6 +117,7 @@ export function defaultConfig(): ShoalConfig {
     gcGrace: '1h',
     uploadTimeout: '24h',
     scrubRate: '10M',
+    scrubInterval: '1h',
     retention: [],
     peerTags: true,
     maxPeerInventory: 100_000,
@@ -169,6 +172,7 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   gcGrace: 'optional',
   uploadTimeout: 'optional',
   scrubRate: 'optional',
+  scrubInterval: 'optional',
   retention: 'retention',
   peerTags: 'boolean',
   maxPeerInventory: 'number',
@@ -183,6 +187,11 @@ export function parseDuration(value: string, setting: string): number {
   return n;
 }
 
+function atLeast(n: number, min: number, message: () => string): number {
+  if (n < min) throw new ConfigError(message());
+  return n;
+}
+
 /** The lifecycle settings as numbers (validated by validateConfig). */
 export function lifecycleSettings(config: ShoalConfig): {
   maxStore: number;
@@ -191,6 +200,7 @@ export function lifecycleSettings(config: ShoalConfig): {
   gcGraceMs: number;
   uploadTimeoutMs: number;
   scrubRate: number;
+  scrubIntervalMs: number;
 } {
   const wrap = <T>(setting: string, f: () => T): T => {
     try {
@@ -206,6 +216,7 @@ export function lifecycleSettings(config: ShoalConfig): {
     gcGraceMs: parseDuration(config.gcGrace, 'gcGrace'),
     uploadTimeoutMs: parseDuration(config.uploadTimeout, 'uploadTimeout'),
     scrubRate: wrap('scrubRate', () => parseRate(config.scrubRate)),
+    scrubIntervalMs: atLeast(parseDuration(config.scrubInterval, 'scrubInterval'), 1000, () => `scrubInterval: ${JSON.stringify(config.scrubInterval)} is too short; the scrub rests at least 1s between passes`),
   };
 }
 

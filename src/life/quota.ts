@@ -114,6 +114,11 @@ export class StoreQuota {
   async status(opts: IoOptions = {}): Promise<QuotaStatus> {
     const stats = await this.opts.store.stats(opts);
     const disk = await diskUsage(this.opts.dataDir);
+    // Pinned bytes as of now, not of the last check (which counts them only when the store is over a mark).
+    let pinnedBytes = 0;
+    for (const digest of await pinnedDigests(this.opts.store, opts)) pinnedBytes += (await this.opts.store.statContent(digest, opts))?.size ?? 0;
+    this.state.pinnedBytes = pinnedBytes;
+    this.opts.metrics.pinnedBytes.set(pinnedBytes);
     return {
       ...this.state,
       storedBytes: stats.bytes,

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { TokenBucket } from '../limits/token-bucket.ts';
 import type { ContentStore } from '../store/index.ts';
@@ -21,20 +22,6 @@ export interface ScrubStatus {
   current?: { started: string; blobs: number; bytes: number; totalBlobs: number; totalBytes: number };
   lastPass?: { finished: string; blobs: number; bytes: number; corrupt: number };
   corruptFound: number;
-}
-
-/** Waits `ms`, or less when `signal` aborts (also when it already has). */
-function pauseUnlessAborted(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve) => {
-    if (signal.aborted) return resolve();
-    const done = (): void => {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener('abort', done, { once: true });
-  });
 }
 
 /**
@@ -104,7 +91,8 @@ export class Scrubber {
       this.state.lastPass = { finished: new Date().toISOString(), blobs: current.blobs, bytes: current.bytes, corrupt };
       this.state.current = undefined;
       logger.info({ blobs: current.blobs, bytes: current.bytes, corrupt }, 'scrub pass finished');
-      await pauseUnlessAborted(this.opts.pauseMs ?? 3_600_000, signal);
+      // A signal aborted already (stop() during the pass) fires no more 'abort' events: the rest rejects at once.
+      await sleep(this.opts.pauseMs ?? 3_600_000, undefined, { signal, ref: false }).catch(() => undefined);
     }
   }
 }

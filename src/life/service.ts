@@ -20,6 +20,8 @@ export interface LifecycleOptions {
   gcGraceMs: number;
   uploadTimeoutMs: number;
   scrubRate: number;
+  /** Rest between two scrub passes. */
+  scrubIntervalMs?: number;
   retention: RetentionRule[];
   /**
    * Fetches content again into `repository` (from peers or a seed) and waits until it is stored; used for pinned
@@ -68,16 +70,20 @@ export class StoreLifecycle {
     this.opts = opts;
     this.metrics = new LifecycleMetrics(opts.metrics);
     this.quota = new StoreQuota({ store: opts.store, dataDir: opts.dataDir, maxStore: opts.maxStore, minFree: opts.minFree, logger: opts.logger, metrics: this.metrics });
-    this.scrub = new Scrubber({ store: opts.store, rate: opts.scrubRate, logger: opts.logger, metrics: this.metrics });
+    this.scrub = new Scrubber({ store: opts.store, rate: opts.scrubRate, pauseMs: opts.scrubIntervalMs, logger: opts.logger, metrics: this.metrics });
   }
 
   start(): void {
     this.quota.start();
     this.scrub.start();
     this.unwatch = this.opts.store.watch((e) => this.onContentEvent(e));
+    // Pinned content lost while the node was down (a file the file system lost, a blob fsck --repair removed).
+    this.track(this.restorePins());
     if (this.opts.gcIntervalMs > 0) {
       this.gcTimer = setInterval(() => {
-        void this.runGc({}).catch((err) => this.opts.logger.error({ err }, 'garbage collection failed'));
+        void this.runGc({})
+          .then(() => this.track(this.restorePins()))
+          .catch((err) => this.opts.logger.error({ err }, 'garbage collection failed'));
       }, this.opts.gcIntervalMs);
       this.gcTimer.unref();
     }
@@ -124,6 +130,65 @@ export class StoreLifecycle {
       }
     }
     return stillMissing;
+  }
+
+  /** Runs a background repair; stop() waits for it; its failure is logged. */
+  private track(work: Promise<unknown>): void {
+    const repair = work.then(
+      () => undefined,
+      (err) => {
+        if (!this.controller.signal.aborted) this.opts.logger.warn({ err }, 'could not fetch lost pinned content again');
+      },
+    );
+    this.repairs.add(repair);
+    void repair.finally(() => this.repairs.delete(repair));
+  }
+
+  /**
+   * Fetches again every piece of pinned content the store lacks: a pin's manifest, the manifests it reaches, their
+   * configs and layers, referrers. A missing manifest hides what it names, so this goes round until nothing more is
+   * found missing or nothing more could be fetched.
+   */
+  async restorePins(): Promise<{ missing: number; fetched: number }> {
+    const { store, logger } = this.opts;
+    const signal = this.controller.signal;
+    const pins = await store.listPins({ signal });
+    let missing = 0;
+    let fetched = 0;
+    const tried = new Set<string>();
+    for (let round = 0; round < 8 && pins.length > 0; round++) {
+      const walk = new ReachabilityWalk(store, await store.listManifests({ signal }));
+      const lost = new Map<string, { repository: string; kind: 'manifest' | 'blob' }>();
+      for (const pin of pins) {
+        for (const digest of await walk.closure([pin.digest], { signal })) {
+          if (lost.has(digest) || tried.has(digest) || (await store.statContent(digest, { signal }))) continue;
+          lost.set(digest, { repository: pin.repository, kind: walk.manifestDigests.has(digest) ? 'manifest' : 'blob' });
+        }
+      }
+      if (lost.size === 0) break;
+      missing += lost.size;
+      if (!this.opts.refetch) {
+        logger.error({ missing: lost.size, digests: [...lost.keys()].slice(0, 20) }, 'pinned content is missing and this node has no peers or seeds to fetch it from again');
+        break;
+      }
+      let now = 0;
+      for (const [digest, { repository, kind }] of lost) {
+        tried.add(digest);
+        try {
+          await this.opts.refetch(repository, digest, kind, { signal });
+          this.metrics.refetches.inc({ result: 'ok' });
+          now++;
+        } catch (err) {
+          if (signal.aborted) throw err;
+          this.metrics.refetches.inc({ result: 'error' });
+          logger.warn({ err, digest, repository }, 'could not fetch lost pinned content again');
+        }
+      }
+      fetched += now;
+      if (now === 0) break;
+    }
+    if (missing > 0) logger.info({ missing, fetched }, 'pinned content that was missing fetched again');
+    return { missing, fetched };
   }
 
   async stop(): Promise<void> {
@@ -193,9 +258,7 @@ export class StoreLifecycle {
   /** Lost pinned content (corrupt, or its file gone) is fetched again. */
   private onContentEvent(e: ContentEvent): void {
     if (e.type !== 'removed' || (e.reason !== 'corrupt' && e.reason !== 'missing')) return;
-    const repair = this.repairPinned(e.digest).catch((err) => this.opts.logger.warn({ err, digest: e.digest }, 'could not fetch lost pinned content again'));
-    this.repairs.add(repair);
-    void repair.finally(() => this.repairs.delete(repair));
+    this.track(this.repairPinned(e.digest));
   }
 
   private async repairPinned(digest: string): Promise<void> {

@@ -74,6 +74,8 @@ export class KvContentStore implements ContentStore {
   private readonly listeners = new Set<(event: ContentEvent) => void>();
   /** Open read streams per digest. */
   private readonly readers = new Map<string, number>();
+  /** Digests that manifest puts in progress refer to (from their check until their records are written). */
+  private readonly referenced = new Map<string, number>();
   private readonly guards = new Set<Guard>();
   private opened = false;
 
@@ -202,11 +204,14 @@ export class KvContentStore implements ContentStore {
   }
 
   inUse(digest: string): boolean {
-    return (this.readers.get(digest) ?? 0) > 0;
+    return (this.readers.get(digest) ?? 0) > 0 || this.referenced.has(digest);
   }
 
   openSweepGuard(): SweepGuard {
     const guard = new Guard((g) => this.guards.delete(g));
+    // A manifest put under way checked its references before this guard existed, and its record may come after the
+    // collection has listed manifests: what it refers to is kept as if it had been touched now.
+    for (const d of this.referenced.keys()) guard.touched.add(d);
     this.guards.add(guard);
     return guard;
   }
@@ -232,8 +237,20 @@ export class KvContentStore implements ContentStore {
       await this.removeContent(digest, 'corrupt');
       return undefined;
     }
-    await this.kv.batch([{ type: 'put', key: keys.chunks(digest), value: checked }], { sync: false });
+    await this.putWhileStored(digest, keys.chunks(digest), checked);
     return checked;
+  }
+
+  /**
+   * Writes a record about a blob (chunk map, access time) only while the blob is stored, under its lock: a removal
+   * that came meanwhile (an eviction during a scrub's hash, a delete during a read) leaves no record behind.
+   */
+  private async putWhileStored(digest: string, key: string, value: unknown, opts: { ifAbsent?: boolean } = {}): Promise<void> {
+    await this.digestLocks.run(digest, async () => {
+      if (!(await this.kv.get(keys.blob(digest)))) return;
+      if (opts.ifAbsent && (await this.kv.get(key)) !== undefined) return;
+      await this.kv.batch([{ type: 'put', key, value }], { sync: false });
+    });
   }
 
   async verifyContent(digest: string, opts: IoOptions = {}): Promise<VerifyOutcome> {
@@ -243,7 +260,7 @@ export class KvContentStore implements ContentStore {
       await this.removeContent(digest, 'corrupt');
       return 'corrupt';
     }
-    if (!(await this.kv.get(keys.chunks(digest)))) await this.kv.batch([{ type: 'put', key: keys.chunks(digest), value: checked }], { sync: false });
+    await this.putWhileStored(digest, keys.chunks(digest), checked, { ifAbsent: true });
     return 'ok';
   }
 
@@ -405,7 +422,7 @@ export class KvContentStore implements ContentStore {
     this.atimes.set(digest, now);
     if (now - last > ATIME_RESOLUTION_MS) {
       // A full disk must not stop reads: the access time is a hint and waits for the next read.
-      await this.kv.batch([{ type: 'put', key: keys.atime(digest), value: now }], { sync: false }).catch((err: unknown) => {
+      await this.putWhileStored(digest, keys.atime(digest), now).catch((err: unknown) => {
         if (!diskFullCode(err)) throw err;
       });
     }
@@ -675,15 +692,32 @@ export class KvContentStore implements ContentStore {
   async putManifest(input: PutManifestInput, opts: IoOptions = {}): Promise<ManifestRecord> {
     const { repository } = input;
     const info: BlobInfo = { digest: Digest.of(input.bytes).toString(), size: input.bytes.length };
-    // Each reference is noted for sweeps under way, then checked, under its own lock: a sweep or an eviction
-    // either sees the note and keeps it, or removed it before the check and the put fails as it should.
+    // Each reference is noted (for sweeps under way, and as in use until the records are written), then checked, under
+    // its own lock: a sweep or an eviction either sees the note and keeps it, or removed it before the check and the
+    // put fails as it should.
     const missing: string[] = [];
-    for (const ref of new Set(input.references ?? [])) {
-      await this.digestLocks.run(ref, async () => {
-        this.touch([ref]);
-        if (!(await this.kv.get(keys.link(repository, ref))) || !(await this.kv.get(keys.blob(ref)))) missing.push(ref);
-      });
+    const refs = [...new Set(input.references ?? [])];
+    try {
+      for (const ref of refs) {
+        await this.digestLocks.run(ref, async () => {
+          // In use from now until the records are written: a sweep or an eviction that comes later keeps it.
+          this.referenced.set(ref, (this.referenced.get(ref) ?? 0) + 1);
+          this.touch([ref]);
+          if (!(await this.kv.get(keys.link(repository, ref))) || !(await this.kv.get(keys.blob(ref)))) missing.push(ref);
+        });
+      }
+      return await this.putManifestChecked(input, info, missing, opts);
+    } finally {
+      for (const ref of refs) {
+        const n = (this.referenced.get(ref) ?? 1) - 1;
+        if (n <= 0) this.referenced.delete(ref);
+        else this.referenced.set(ref, n);
+      }
     }
+  }
+
+  private async putManifestChecked(input: PutManifestInput, info: BlobInfo, missing: string[], opts: IoOptions): Promise<ManifestRecord> {
+    const { repository } = input;
     if (missing.length > 0) {
       throw new InvalidError(
         'MANIFEST_BLOB_UNKNOWN',
