@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { AbortedError, ChunkHasher, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, type ChunkMap } from '../oci/index.ts';
+import { AbortedError, ChunkHasher, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, UnsupportedError, type ChunkMap } from '../oci/index.ts';
 import { DiskBlobBytes, MemoryBlobBytes, type BlobBytes } from './bytes.ts';
 import { keyParts, keys, lastPart, SCHEMA_VERSION } from './keys.ts';
 import { LevelKeyValueStore, MemoryKeyValueStore, type KeyValueStore, type KvOp } from './kv.ts';
@@ -232,7 +232,7 @@ export class KvContentStore implements ContentStore {
       await this.removeContent(digest, 'corrupt');
       return undefined;
     }
-    await this.kv.batch([{ type: 'put', key: keys.chunks(digest), value: checked }], { sync: false });
+    await this.putBesideBlob(digest, rec.size, keys.chunks(digest), checked);
     return checked;
   }
 
@@ -243,8 +243,20 @@ export class KvContentStore implements ContentStore {
       await this.removeContent(digest, 'corrupt');
       return 'corrupt';
     }
-    if (!(await this.kv.get(keys.chunks(digest)))) await this.kv.batch([{ type: 'put', key: keys.chunks(digest), value: checked }], { sync: false });
+    if (!(await this.kv.get(keys.chunks(digest)))) await this.putBesideBlob(digest, checked.size, keys.chunks(digest), checked);
     return 'ok';
+  }
+
+  /**
+   * Writes a record about a blob that must not outlive it (its chunk map, its access time), without `sync`: under
+   * the digest's lock, and only while the blob is recorded (with `size`, when given). A removal that ran while the
+   * bytes were read (a sweep, an eviction) took the blob record away: the write would leave a record naming nothing.
+   */
+  private async putBesideBlob(digest: string, size: number | undefined, key: string, value: unknown): Promise<void> {
+    await this.digestLocks.run(digest, async () => {
+      const rec = await this.kv.get<BlobRecord>(keys.blob(digest));
+      if (rec && (size === undefined || rec.size === size)) await this.kv.batch([{ type: 'put', key, value }], { sync: false });
+    });
   }
 
   /** Reads a stored blob whole: its chunk map when the bytes match the digest and the recorded size. */
@@ -403,9 +415,7 @@ export class KvContentStore implements ContentStore {
     const now = Date.now();
     const last = this.atimes.get(digest) ?? 0;
     this.atimes.set(digest, now);
-    if (now - last > ATIME_RESOLUTION_MS) {
-      await this.kv.batch([{ type: 'put', key: keys.atime(digest), value: now }], { sync: false });
-    }
+    if (now - last > ATIME_RESOLUTION_MS) await this.putBesideBlob(digest, undefined, keys.atime(digest), now);
     return stream;
   }
 
@@ -532,6 +542,10 @@ export class KvContentStore implements ContentStore {
     await this.digestLocks.run(digest, async () => {
       if (!(await this.kv.get(keys.link(repository, digest)))) {
         throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${repository}`, { digest });
+      }
+      // Its bytes are a manifest's: removing them alone would leave the manifest (and its tags) naming nothing.
+      if (await this.kv.get(keys.manifest(repository, digest))) {
+        throw new UnsupportedError(`${digest} is a manifest of repository ${repository}, not a blob: delete it with DELETE /v2/${repository}/manifests/${digest}`, { digest });
       }
       await this.unlink(repository, digest);
     });
@@ -753,6 +767,8 @@ export class KvContentStore implements ContentStore {
         if (value.digest === digest) ops.push({ type: 'del', key });
       }
       if (record.subject) ops.push({ type: 'del', key: keys.referrer(repository, record.subject, digest) });
+      // A pin of a deleted manifest would name nothing: the delete, asked for by name, wins.
+      ops.push({ type: 'del', key: keys.pin(repository, digest) });
       await this.unlink(repository, digest, ops);
     });
   }
@@ -775,10 +791,13 @@ export class KvContentStore implements ContentStore {
   }
 
   async pinManifest(repository: string, digest: string, reason: string): Promise<void> {
-    if (!(await this.getManifest(repository, digest))) {
-      throw new NotFoundError('MANIFEST_UNKNOWN', `manifest ${digest} is not in repository ${repository}; it cannot be pinned`, { digest });
-    }
-    await this.kv.batch([{ type: 'put', key: keys.pin(repository, digest), value: { reason, created: Date.now() } }]);
+    // Under the digest's lock, so that a delete of the manifest cannot slip between the check and the write.
+    await this.digestLocks.run(digest, async () => {
+      if (!(await this.getManifest(repository, digest))) {
+        throw new NotFoundError('MANIFEST_UNKNOWN', `manifest ${digest} is not in repository ${repository}; it cannot be pinned`, { digest });
+      }
+      await this.kv.batch([{ type: 'put', key: keys.pin(repository, digest), value: { reason, created: Date.now() } }]);
+    });
   }
 
   async unpinManifest(repository: string, digest: string): Promise<void> {
