@@ -8,6 +8,8 @@ export interface ImportFlags extends RegistryAccessFlags {
   data?: string;
   trust?: string[];
   repository?: string;
+  /** False with --no-pin. */
+  pin?: boolean;
   json?: boolean;
 }
 
@@ -40,6 +42,7 @@ export async function importCommand(file: string, flags: ImportFlags): Promise<v
       trust,
       repository: flags.repository,
       progress,
+      pin: flags.pin !== false,
       pinReason: `bundle ${basename(input.name)} imported ${new Date().toISOString()}`,
       signal: interrupt.signal,
     });

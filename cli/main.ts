@@ -9,6 +9,7 @@ import type { ExportFlags } from './export.ts';
 import type { ImportFlags } from './import.ts';
 import type { VerifyFlags } from './verify.ts';
 import type { InventoryFlags } from './inventory.ts';
+import type { PinFlags } from './pins.ts';
 
 /** Builds the `shoal` program; each command only parses its flags and delegates to src/. */
 export function buildProgram(): Command {
@@ -75,6 +76,7 @@ export function buildProgram(): Command {
     });
   addBundleCommands(program);
   addLifecycleCommands(program);
+  addPinCommands(program);
   return program;
 }
 
@@ -121,6 +123,7 @@ function addBundleCommands(program: Command): void {
       .option('--data <dir>', 'the data directory of a stopped node (created if missing)')
       .option('--trust <pubkey.pem>', 'refuse the bundle unless this ed25519 key signed it (repeatable)', repeatable)
       .option('--repository <registry/repository>', 'for tars that name images by a bare tag or not at all: the repository to put them in')
+      .option('--no-pin', 'do not pin the imported images (by default each image and its referrers are pinned)')
       .option('--json', 'print progress and the result as JSON lines on stdout'),
     'the node',
   ).action(async (file: string, opts: ImportFlags) => {
@@ -182,6 +185,38 @@ function addLifecycleCommands(program: Command): void {
       const code = await (await import('./lifecycle.ts')).fsckCommand(opts);
       if (code !== 0) throw new ExitStatus(code);
     });
+}
+
+/** pin, unpin, pins: images a node keeps whatever eviction and GC would take (src/life/pins.ts). */
+function addPinCommands(program: Command): void {
+  const target = (cmd: Command): Command =>
+    withRegistryAccess(
+      cmd
+        .option('--node <url>', 'a running node, e.g. http://127.0.0.1:5000')
+        .option('--data <dir>', 'the data directory of a stopped node')
+        .option('--json', 'print the result as JSON'),
+      'the node',
+    );
+  target(
+    program
+      .command('pin')
+      .description('pin images on a node by digest (a tag is resolved to the digest it points at there)')
+      .argument('<ref...>', 'images, e.g. registry.local:5000/team/app:1.4, nginx:1.27 or nginx@sha256:...')
+      .option('--reason <text>', 'why the image is kept (shown by shoal pins)'),
+  ).action(async (refs: string[], opts: PinFlags) => {
+    await (await import('./pins.ts')).pinCommand(refs, opts);
+  });
+  target(
+    program
+      .command('unpin')
+      .description('remove pins (by tag: the pin of the digest the tag points at)')
+      .argument('<ref...>', 'images, as for pin'),
+  ).action(async (refs: string[], opts: PinFlags) => {
+    await (await import('./pins.ts')).unpinCommand(refs, opts);
+  });
+  target(program.command('pins').description("list a node's pins: repository, digest, reason, created")).action(async (opts: PinFlags) => {
+    await (await import('./pins.ts')).pinsCommand(opts);
+  });
 }
 
 /** Runs the CLI and returns the process exit code. */

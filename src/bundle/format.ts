@@ -15,7 +15,7 @@
  * check the signature before it writes anything. A bundle split over several disks is the same tar cut into
  * `FILE.part001`, `FILE.part002`, ... with `FILE.parts.json` listing each part's size and sha256.
  */
-import { Digest, isValidTag, parseReference, type Platform, type Reference } from '../oci/index.ts';
+import { Digest, isValidTag, parseReference, storeRepositoryName, type Platform, type Reference } from '../oci/index.ts';
 import { BundleRefusedError } from './errors.ts';
 
 /** Sizes are written and read by one module for the whole program. */
@@ -282,7 +282,7 @@ export function platformMatches(p: Platform | undefined, selectors: PlatformSele
  * containerd pulls through it with `?ns=<registry>` (a port's colon becomes a dash).
  */
 export function storeRepository(ref: Reference): string {
-  return `${ref.registry.toLowerCase().replace(':', '-')}/${ref.repository}`;
+  return storeRepositoryName(ref.registry, ref.repository);
 }
 
 /**

@@ -61,6 +61,8 @@ export interface ImportOptions extends IoOptions {
   progress?: ProgressReporter;
   /** Why the images are pinned (shown by the node's pin list). */
   pinReason?: string;
+  /** False: import without pinning (default true: each image and its referrers are pinned). */
+  pin?: boolean;
 }
 
 export type BundleFormat = 'shoal' | 'oci-layout' | 'docker-archive';
@@ -837,9 +839,12 @@ class BundleReader {
         await this.target.putManifest(plan.repository, plan.digest, plan.bytes, plan.mediaType, { signal });
       }
       const reason = this.opts.pinReason ?? 'imported bundle';
-      let pinned = await this.target.pin(plan.repository, plan.digest, reason, { signal });
-      for (const r of plan.referrers) pinned = (await this.target.pin(plan.repository, r, reason, { signal })) && pinned;
-      if (!pinned && !pinWarned) {
+      let pinned = false;
+      if (this.opts.pin !== false) {
+        pinned = await this.target.pin(plan.repository, plan.digest, reason, { signal });
+        for (const r of plan.referrers) pinned = (await this.target.pin(plan.repository, r, reason, { signal })) && pinned;
+      }
+      if (!pinned && this.opts.pin !== false && !pinWarned) {
         pinWarned = true;
         this.warn(`${this.target.description} is not a Shoal node and cannot pin images: they were imported but not pinned`);
       }

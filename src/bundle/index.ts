@@ -13,6 +13,7 @@ export { openBundleInput, type BundleInput } from './files.ts';
 export { takeInventory, saveInventory, StoreInventorySource, RegistryInventorySource } from './inventory.ts';
 export { RegistryImageSource, StoreImageSource, type ImageSource } from './sources.ts';
 export { StoreTarget, NodeTarget, VerifyTarget, type BundleTarget } from './targets.ts';
+export { NodePinClient, type NodePinSelector } from './node-pins.ts';
 export { loadSigningKey, loadTrustedKey, type SigningKey, type TrustedKey } from './signing.ts';
 export { progressFor, type ProgressReporter } from './progress.ts';
 export { parseInventory, parsePlatforms, formatBytes, STAGING_REPOSITORY, type Inventory, type PlatformSelector } from './format.ts';

@@ -7,6 +7,7 @@
 import { DigestHasher, DigestMismatchError, InvalidError, ShoalError, UnavailableError, effectiveArtifactType, isShoalError, parseManifest, Digest } from '../oci/index.ts';
 import type { BlobInfo, ContentStore, IoOptions } from '../store/index.ts';
 import { STAGING_REPOSITORY } from './format.ts';
+import { NodePinClient } from './node-pins.ts';
 import { RegistryHttp, errorCodeOf, errorMessageOf, type HttpAnswer, type RegistryHttpOptions } from './registry-http.ts';
 
 export interface BlobExpectation {
@@ -117,9 +118,13 @@ export class NodeTarget implements BundleTarget {
   /** Upload sessions a missed mount opened, used for the blob's upload. */
   private readonly sessions = new Map<string, string>();
   private deleteRefused = false;
+  /** The node's pin API, and whether it has one (asked once, at the first pin). */
+  private readonly pins: NodePinClient;
+  private pinsAvailable: boolean | undefined;
 
   constructor(opts: RegistryHttpOptions) {
     this.http = new RegistryHttp(opts);
+    this.pins = new NodePinClient(this.http);
     this.description = `node ${this.http.url}`;
   }
 
@@ -231,16 +236,10 @@ export class NodeTarget implements BundleTarget {
   }
 
   async pin(repository: string, digest: string, reason: string, opts: IoOptions = {}): Promise<boolean> {
-    const answer = await this.http.send({
-      method: 'PUT',
-      path: `/shoal/pins/${repository}@${digest}?reason=${encodeURIComponent(reason)}`,
-      repository,
-      push: true,
-      signal: opts.signal,
-    });
     // A registry that is not a Shoal node has no pins: the import says so.
-    if (answer.status === 404 || answer.status === 405) return false;
-    if (answer.status !== 201) this.fail(`pin of ${repository}@${digest}`, answer);
+    this.pinsAvailable ??= await this.pins.available(opts);
+    if (!this.pinsAvailable) return false;
+    await this.pins.pin(repository, { digest }, reason, opts);
     return true;
   }
 

@@ -5,3 +5,4 @@ export * from './names.ts';
 export * from './manifest.ts';
 export * from './reference.ts';
 export * from './chunks.ts';
+export * from './io.ts';

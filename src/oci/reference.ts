@@ -52,3 +52,12 @@ export function formatReference(ref: Reference): string {
   if (ref.digest) s += `@${ref.digest}`;
   return s;
 }
+
+/**
+ * The repository a node keeps an image of `registry` in: `<registry>/<repository>`, lower-cased, with the
+ * port's colon as `-` (`registry.local:5000` + `team/app` -> `registry.local-5000/team/app`). Pull-through
+ * with `?ns=<registry>`, bundle imports and pins all name repositories this way.
+ */
+export function storeRepositoryName(registry: string, repository: string): string {
+  return `${registry.toLowerCase().replace(':', '-')}/${repository}`;
+}

@@ -20,6 +20,11 @@ export interface RegistryDeps {
   ready: () => boolean;
   /** The node's own operations (status, garbage collection) for the admin API. */
   admin?: NodeAdmin;
+  /**
+   * Called each time a request failed because the node's disk (or quota) is full, after its partial bytes were
+   * freed: the place to start eviction. Must not block; what it throws is logged and ignored.
+   */
+  onStorageFull?: () => void;
 }
 
 /** Operations on the node as a whole, served under /shoal/. */

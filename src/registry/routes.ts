@@ -1,5 +1,5 @@
 import type { Context } from 'koa';
-import { InvalidError, NotFoundError, UnsupportedError, isValidRegistryHost, validateRepositoryName } from '../oci/index.ts';
+import { InvalidError, NotFoundError, UnsupportedError, isValidRegistryHost, storeRepositoryName, validateRepositoryName } from '../oci/index.ts';
 import { deleteBlob, getBlob } from './blobs.ts';
 import type { RegistryDeps, RouteParams } from './context.ts';
 import { listCatalog, listReferrers, listTags } from './discovery.ts';
@@ -53,7 +53,7 @@ export function parseNamespace(ns: unknown): string | undefined {
 
 /** The store repository of a namespaced request: `docker.io` + `library/nginx` -> `docker.io/library/nginx`. */
 export function namespacedRepository(namespace: string | undefined, name: string): string {
-  return namespace ? `${namespace.replace(':', '-')}/${name}` : name;
+  return namespace ? storeRepositoryName(namespace, name) : name;
 }
 
 export function matchRoute(method: string, path: string, ns?: unknown): MatchedRoute | undefined {

@@ -4,22 +4,14 @@ import type { ChunkMap } from '../oci/index.ts';
 /** The repository where an import stages blobs until the manifests that name them are in. */
 export const STAGING_REPOSITORY = 'shoal-import';
 
-/** Options every async I/O call takes. */
-export interface IoOptions {
-  signal?: AbortSignal;
-}
+import type { ByteRange, IoOptions } from '../oci/index.ts';
+export type { ByteRange, IoOptions };
 
 export interface BlobInfo {
   digest: string;
   size: number;
 }
 
-export interface ByteRange {
-  /** First byte, inclusive. */
-  start: number;
-  /** Last byte, inclusive. */
-  end: number;
-}
 
 /** Expectations a write is verified against before anything becomes visible. */
 export interface WriteExpectation {
@@ -35,6 +27,8 @@ export interface ManifestRecord {
   artifactType?: string;
   annotations?: Record<string, string>;
   created: number;
+  /** Fetched by the pull path (from a seed or a peer) rather than pushed: a cache entry, kept untagged. */
+  cached?: boolean;
 }
 
 export interface ReferrerDescriptor {
@@ -129,6 +123,8 @@ export interface PutManifestInput {
    * before the check (MANIFEST_BLOB_UNKNOWN).
    */
   references?: string[];
+  /** Fetched by the pull path, not pushed (see ManifestRecord.cached). */
+  cached?: boolean;
   subject?: string;
   artifactType?: string;
   annotations?: Record<string, string>;

@@ -68,9 +68,8 @@ export interface SeedClientOptions extends RegistryEndpointOptions {
   logger?: SeedLogger;
 }
 
-export interface IoOptions {
-  signal?: AbortSignal;
-}
+export type { IoOptions } from '../oci/index.ts';
+import type { IoOptions } from '../oci/index.ts';
 
 export interface ResolvedTag {
   digest: string;

@@ -4,11 +4,8 @@
  */
 import { Digest, DigestHasher, DigestMismatchError, UnavailableError } from '../oci/index.ts';
 
-/** A byte range; `end` is inclusive, as in HTTP `Range: bytes=start-end`. */
-export interface ByteRange {
-  start: number;
-  end: number;
-}
+import type { ByteRange } from '../oci/index.ts';
+export type { ByteRange };
 
 export interface WholeBlobCheck {
   digest: Digest;

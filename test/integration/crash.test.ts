@@ -1,6 +1,6 @@
 /**
  * kill -9 at random moments of a push, then a restart on the same data dir: the store must be consistent
- * (DESIGN.md section 4). Each round commits some blobs, a manifest and a tag, then runs at once
+ * (docs/ARCHITECTURE.md, "Storage"). Each round commits some blobs, a manifest and a tag, then runs at once
  *   - a chunked upload (1 MiB PATCHes with Content-Range) followed by a streamed PATCH that stays open, and
  *   - a monolithic `POST ?digest=` of a big blob whose body arrives slowly,
  * and SIGKILLs the node at a random moment. After the restart: everything committed serves byte-identical,

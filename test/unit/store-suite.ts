@@ -1,5 +1,5 @@
 /**
- * The one contract suite every ContentStore implementation passes (DESIGN.md §5). `contentStoreSuite` registers
+ * The one contract suite every ContentStore implementation passes (docs/ARCHITECTURE.md, "Conventions"). `contentStoreSuite` registers
  * `describe` blocks; each test gets a fresh store from `factory` and disposes of it afterwards, even on failure.
  */
 import { afterEach, beforeEach, describe, it } from 'node:test';
