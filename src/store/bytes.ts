@@ -79,19 +79,31 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Moves a verified file into place durably: the file is synced first; then the new entry, and a new shard dir's. */
-async function renameDurably(from: string, dest: string): Promise<void> {
-  const dir = dirname(dest);
-  let created = false;
+/**
+ * Creates `dir` (and what is missing above it) durably: each new directory's entry in its parent is synced, so that
+ * a power cut cannot take away a directory that holds files already reported durable.
+ */
+async function mkdirDurably(dir: string): Promise<void> {
   try {
     await stat(dir);
+    return;
   } catch {
-    await mkdir(dir, { recursive: true });
-    created = true;
+    // created below
   }
+  // Undefined when another write created it meanwhile: its entry is synced here too, as that write may not be done.
+  const first = (await mkdir(dir, { recursive: true })) ?? dir;
+  for (let d = dir; ; d = dirname(d)) {
+    await fsyncDir(dirname(d));
+    if (d === first || dirname(d) === d) break;
+  }
+}
+
+/** Moves a verified file into place durably: the file is synced first; then the new entry, and new directories'. */
+async function renameDurably(from: string, dest: string): Promise<void> {
+  const dir = dirname(dest);
+  await mkdirDurably(dir);
   await rename(from, dest);
   await fsyncDir(dir);
-  if (created) await fsyncDir(dirname(dir));
 }
 
 async function writeAll(fh: FileHandle, chunk: Uint8Array, position: number): Promise<void> {
@@ -122,8 +134,8 @@ export class DiskBlobBytes implements BlobBytes {
   }
 
   async init(): Promise<void> {
-    await mkdir(this.blobsDir, { recursive: true });
-    await mkdir(this.uploadsDir, { recursive: true });
+    await mkdirDurably(this.blobsDir);
+    await mkdirDurably(this.uploadsDir);
     // Leftover ingest files are writes a crash interrupted: never visible, never resumable. Remove them.
     await rm(this.ingestDir, { recursive: true, force: true });
     await mkdir(this.ingestDir, { recursive: true });

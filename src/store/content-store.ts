@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { AbortedError, ChunkHasher, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, diskFullCode, type ChunkMap } from '../oci/index.ts';
+import { AbortedError, ChunkHasher, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, UnsupportedError, diskFullCode, type ChunkMap } from '../oci/index.ts';
 import { DiskBlobBytes, MemoryBlobBytes, type BlobBytes } from './bytes.ts';
 import { keyParts, keys, lastPart, SCHEMA_VERSION } from './keys.ts';
 import { LevelKeyValueStore, MemoryKeyValueStore, type KeyValueStore, type KvOp } from './kv.ts';
@@ -553,6 +553,10 @@ export class KvContentStore implements ContentStore {
       if (!(await this.kv.get(keys.link(repository, digest)))) {
         throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${repository}`, { digest });
       }
+      // Its bytes are a manifest's: removing them alone would leave the manifest (and its tags) naming nothing.
+      if (await this.kv.get(keys.manifest(repository, digest))) {
+        throw new UnsupportedError(`${digest} is a manifest of repository ${repository}, not a blob: delete it with DELETE /v2/${repository}/manifests/${digest}`, { digest });
+      }
       await this.unlink(repository, digest);
     });
   }
@@ -800,6 +804,8 @@ export class KvContentStore implements ContentStore {
         if (value.digest === digest) ops.push({ type: 'del', key });
       }
       if (record.subject) ops.push({ type: 'del', key: keys.referrer(repository, record.subject, digest) });
+      // A pin of a deleted manifest would name nothing: the delete, asked for by name, wins.
+      ops.push({ type: 'del', key: keys.pin(repository, digest) });
       await this.unlink(repository, digest, ops);
     });
   }
@@ -822,10 +828,13 @@ export class KvContentStore implements ContentStore {
   }
 
   async pinManifest(repository: string, digest: string, reason: string): Promise<void> {
-    if (!(await this.getManifest(repository, digest))) {
-      throw new NotFoundError('MANIFEST_UNKNOWN', `manifest ${digest} is not in repository ${repository}; it cannot be pinned`, { digest });
-    }
-    await this.kv.batch([{ type: 'put', key: keys.pin(repository, digest), value: { reason, created: Date.now() } }]);
+    // Under the digest's lock, so that a delete of the manifest cannot slip between the check and the write.
+    await this.digestLocks.run(digest, async () => {
+      if (!(await this.getManifest(repository, digest))) {
+        throw new NotFoundError('MANIFEST_UNKNOWN', `manifest ${digest} is not in repository ${repository}; it cannot be pinned`, { digest });
+      }
+      await this.kv.batch([{ type: 'put', key: keys.pin(repository, digest), value: { reason, created: Date.now() } }]);
+    });
   }
 
   async unpinManifest(repository: string, digest: string): Promise<void> {

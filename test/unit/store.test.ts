@@ -4,8 +4,12 @@ import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { DigestMismatchError, InvalidError, MediaType, NotFoundError } from '../../src/oci/index.ts';
-import { openDiskStore, openMemoryStore, type KvContentStore } from '../../src/store/index.ts';
+import type { Readable } from 'node:stream';
+import { DigestMismatchError, InvalidError, MediaType, NotFoundError, UnsupportedError } from '../../src/oci/index.ts';
+import { fsckDataDir, KvContentStore, openDiskStore, openMemoryStore } from '../../src/store/index.ts';
+import { DiskBlobBytes } from '../../src/store/bytes.ts';
+import { LevelKeyValueStore } from '../../src/store/kv.ts';
+import type { ByteRange } from '../../src/store/types.ts';
 import { chunks, contentStoreSuite, readAll, rejectsWith, sha256 } from './store-suite.ts';
 
 async function makeTempDir(): Promise<string> {
@@ -273,5 +277,123 @@ describe('ContentStore on disk: layout, restart and recovery', () => {
     const s = await reopen();
     assert.equal(await s.statContent(info.digest), undefined);
     assert.deepEqual(await s.stats(), { blobs: 1, bytes: 7 });
+  });
+});
+
+/** Blob bytes on disk whose reads, once the file is open, wait until the test lets them go on. */
+class GatedBlobBytes extends DiskBlobBytes {
+  gate?: { opened: () => void; release: Promise<void> };
+  override async read(digest: string, range?: ByteRange): Promise<Readable> {
+    const stream = await super.read(digest, range);
+    const gate = this.gate;
+    if (gate) {
+      this.gate = undefined;
+      gate.opened();
+      await gate.release;
+    }
+    return stream;
+  }
+  /** The next read stops after opening its file; `opened` resolves then, and the read goes on after `release()`. */
+  hold(): { opened: Promise<void>; release: () => void } {
+    let opened!: () => void;
+    let release!: () => void;
+    const o = new Promise<void>((r) => (opened = r));
+    const r = new Promise<void>((res) => (release = res));
+    this.gate = { opened, release: r };
+    return { opened: o, release };
+  }
+}
+
+describe('ContentStore on disk: every operation leaves a store that fsck finds sound', () => {
+  let dir: string;
+  let bytes: GatedBlobBytes;
+  let store: KvContentStore | undefined;
+
+  beforeEach(async () => {
+    dir = await makeTempDir();
+    bytes = new GatedBlobBytes(dir);
+    store = new KvContentStore(new LevelKeyValueStore(join(dir, 'db')), bytes);
+    await store.open();
+  });
+  afterEach(async () => {
+    try {
+      await store?.close();
+    } finally {
+      store = undefined;
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  /** Closes the store and checks it as `shoal fsck --data` does. */
+  async function assertSound(): Promise<void> {
+    await store!.close();
+    store = undefined;
+    const report = await fsckDataDir(dir);
+    assert.deepEqual(report.problems.map((p) => `${p.kind} ${p.subject}`), []);
+  }
+
+  async function pushedThroughSession(repository: string, data: string): Promise<string> {
+    const session = await store!.createUpload(repository);
+    await store!.appendUpload(repository, session.id, chunks(data));
+    return (await store!.commitUpload(repository, session.id, sha256(data))).digest;
+  }
+
+  it('a read that opened a blob just before it was collected leaves no access time behind', async () => {
+    const digest = await pushedThroughSession('r', 'read while swept');
+    const held = bytes.hold();
+    const reading = store!.readContent(digest);
+    await held.opened;
+    const guard = store!.openSweepGuard();
+    assert.equal(await store!.sweepLink('r', digest, guard), true, 'not in use yet: the sweep takes it');
+    guard.close();
+    held.release();
+    const stream = await reading;
+    assert.equal(Buffer.concat((await stream.toArray()) as Buffer[]).toString(), 'read while swept', 'the open file still reads');
+    await assertSound();
+  });
+
+  it('a scrub or a chunk map that hashed a blob while it was evicted leaves no chunk map behind', async () => {
+    for (const check of ['verifyContent', 'chunkMap'] as const) {
+      const digest = await pushedThroughSession('r', `hashed while evicted by ${check}`);
+      const held = bytes.hold();
+      const hashing = check === 'verifyContent' ? store!.verifyContent(digest) : store!.chunkMap(digest);
+      await held.opened;
+      assert.equal(await store!.removeContent(digest, 'evicted'), true);
+      held.release();
+      await hashing;
+      assert.equal(await store!.statContent(digest), undefined);
+    }
+    await assertSound();
+  });
+
+  it('a DELETE of a manifest\'s digest through the blob endpoint is refused: the manifest and its tag stay', async () => {
+    const layer = await store!.writeBlob('r', chunks('a layer'), {});
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciManifest, layers: [{ digest: layer.digest }] }));
+    const m = await store!.putManifest({ repository: 'r', bytes, mediaType: MediaType.OciManifest, tag: 'v1', references: [layer.digest] });
+    const err = await rejectsWith(store!.deleteBlob('r', m.digest), UnsupportedError, 'UNSUPPORTED');
+    assert.match(err.message, /DELETE \/v2\/r\/manifests\//);
+    assert.equal(await store!.resolveTag('r', 'v1'), m.digest);
+    assert.deepEqual(await readAll(store!, m.digest), bytes);
+    // Its layer is a blob: that one goes.
+    await store!.deleteBlob('r', layer.digest);
+    await assertSound();
+  });
+
+  it('deleting a pinned manifest takes its pin with it', async () => {
+    const m = await store!.putManifest({ repository: 'r', bytes: Buffer.from('{"pinned":true}'), mediaType: MediaType.OciManifest, tag: 'v1' });
+    await store!.pinManifest('r', m.digest, 'test');
+    await store!.deleteManifest('r', m.digest);
+    assert.deepEqual(await store!.listPins(), []);
+    await assertSound();
+  });
+
+  it('a pin and a delete of the same manifest at once: either the pin fails or it goes with the manifest', async () => {
+    for (let i = 0; i < 20; i++) {
+      const m = await store!.putManifest({ repository: 'r', bytes: Buffer.from(`{"n":${i}}`), mediaType: MediaType.OciManifest });
+      const [pin] = await Promise.allSettled([store!.pinManifest('r', m.digest, 'race'), store!.deleteManifest('r', m.digest)]);
+      if (pin.status === 'rejected') assert.ok(pin.reason instanceof NotFoundError);
+    }
+    assert.deepEqual(await store!.listPins(), []);
+    await assertSound();
   });
 });
