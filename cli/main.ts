@@ -40,6 +40,15 @@ export function buildProgram(): Command {
     .option('--min-free <size|pct>', 'free space to keep on the data file system, e.g. 10% or 5Gi [env SHOAL_MIN_FREE]')
     .option('--gc-interval <duration>', 'how often garbage collection runs, e.g. 6h; 0: only on demand [default: 6h, env SHOAL_GC_INTERVAL]')
     .option('--scrub-rate <rate>', 'bytes per second the background scrub re-hashes, e.g. 10M; 0: off [default: 10M, env SHOAL_SCRUB_RATE]')
+    .option('--htpasswd <file>', 'users: an htpasswd file with bcrypt entries (htpasswd -B); reloaded when it changes [env SHOAL_HTPASSWD_FILE]')
+    .option('--tokens <file>', 'static tokens: NAME:TOKEN (or NAME:sha256:<hex>) per line; reloaded when it changes [env SHOAL_TOKENS_FILE]')
+    .option('--grant <user:roles[:prefix]>', 'roles of a user or token on repositories under a prefix, e.g. ci:push:apps/ or ops:admin (repeatable) [env SHOAL_GRANTS, JSON]', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--anonymous <roles>', 'roles of callers without credentials: pull, none, or a list such as pull,push [default: pull, env SHOAL_ANONYMOUS]')
+    .option('--immutable-tags <prefix>', 'tags of repositories under this prefix cannot be moved or deleted (repeatable) [env SHOAL_IMMUTABLE_TAGS]', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--tls-cert <file>', 'PEM certificate of the endpoint (HTTPS); reloaded when it changes [env SHOAL_TLS_CERT]')
+    .option('--tls-key <file>', 'PEM key of the endpoint; reloaded when it changes [env SHOAL_TLS_KEY]')
+    .option('--audit-log <file>', 'the audit log [default: <data>/audit.log, env SHOAL_AUDIT_LOG]')
+    .option('--webhook <url>', 'tell this URL about every push and delete (repeatable) [env SHOAL_WEBHOOKS]', (v: string, prev: string[] = []) => [...prev, v])
     .addHelpText('after', `\n${SIZE_HELP}`)
     .action(async (opts: ServeFlags) => {
       const { serveCommand } = await import('./serve.ts');

@@ -19,6 +19,15 @@ export interface ServeFlags {
   minFree?: string;
   gcInterval?: string;
   scrubRate?: string;
+  htpasswd?: string;
+  tokens?: string;
+  grant?: string[];
+  anonymous?: string;
+  immutableTags?: string[];
+  tlsCert?: string;
+  tlsKey?: string;
+  auditLog?: string;
+  webhook?: string[];
 }
 
 /** `shoal serve`: starts a node and runs until SIGTERM or SIGINT. */
@@ -43,6 +52,15 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
       minFree: flags.minFree,
       gcInterval: flags.gcInterval,
       scrubRate: flags.scrubRate,
+      htpasswdFile: flags.htpasswd,
+      tokensFile: flags.tokens,
+      grants: flags.grant,
+      anonymous: flags.anonymous,
+      immutableTags: flags.immutableTags,
+      tlsCert: flags.tlsCert,
+      tlsKey: flags.tlsKey,
+      auditLog: flags.auditLog,
+      webhooks: flags.webhook,
     },
   });
   // Signals are handled from the start: one that arrives while the node starts stops it as soon as it is up.

@@ -1,10 +1,12 @@
 import { createServer, type Server } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import './polyfill.ts';
-import { lifecycleSettings, parseListen, type ShoalConfig } from './config/index.ts';
+import { accessSettings, lifecycleSettings, parseListen, type ShoalConfig } from './config/index.ts';
+import { AccessControl, TlsFiles, isLoopbackHost, protectImmutableTags } from './access/index.ts';
 import { StoreLifecycle } from './life/service.ts';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -82,6 +84,8 @@ export interface ShoalNode {
   readonly peers?: PeerService;
   /** Quota and eviction, GC, scrub. */
   readonly lifecycle: StoreLifecycle;
+  /** Users, roles, audit log, webhooks. */
+  readonly access: AccessControl;
   stop(): Promise<void>;
 }
 
@@ -142,7 +146,8 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     logger,
     metrics: metricsRegistry,
     ...lifecycleSettings(config),
-    retention: config.retention,
+    // Retention never removes a tag that immutableTags protects.
+    retention: protectImmutableTags(config.retention, config.immutableTags),
     refetch:
       seeds.clients.length > 0 || peerService
         ? async (repository, digest, kind, o) => {
@@ -158,6 +163,40 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
         : undefined,
   });
   lifecycle.start();
+  const { host, port } = parseListen(config.listen);
+  let access: AccessControl;
+  let tls: TlsFiles | undefined;
+  let server: Server | HttpsServer | undefined;
+  try {
+    access = await AccessControl.open(
+      {
+        htpasswdFile: config.htpasswdFile || undefined,
+        tokensFile: config.tokensFile || undefined,
+        grants: config.grants,
+        anonymous: accessSettings(config).anonymous,
+        immutableTags: config.immutableTags,
+        audit: { file: config.auditLog ? resolve(config.auditLog) : join(dataDir, 'audit.log'), maxBytes: accessSettings(config).auditMaxBytes, keep: config.auditKeep },
+        webhooks: config.webhooks,
+      },
+      { logger, metrics: metricsRegistry },
+    );
+    if (config.tlsCert) {
+      tls = await TlsFiles.open(config.tlsCert, config.tlsKey, logger, (o) => (server as HttpsServer | undefined)?.setSecureContext(o)).catch(async (err: unknown) => {
+        await access.close();
+        throw err;
+      });
+    }
+  } catch (err) {
+    await lifecycle.stop();
+    await peerService?.stop();
+    await seeds.close();
+    await store.close();
+    throw err;
+  }
+  if (!isLoopbackHost(host)) {
+    if (!access.authEnabled) logger.warn({ listen: config.listen, anonymous: config.anonymous }, 'listening beyond loopback without users: pulls are open, and push, delete and admin calls are refused to other hosts unless anonymous allows them');
+    else if (!tls) logger.warn({ listen: config.listen }, 'listening beyond loopback without TLS: passwords and tokens cross the network in clear; give --tls-cert and --tls-key');
+  }
   let accepting = true;
   const app = createRegistryApp({
     deps: {
@@ -169,6 +208,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       maxManifestBytes: config.maxManifestBytes,
       deleteEnabled: config.deleteEnabled,
       ready: () => accepting,
+      access,
       admin: {
         status: async (o) => ({
           version: NODE_VERSION,
@@ -188,52 +228,56 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   // Requests whose handlers are still running; the store closes only after the last one settles.
   let active = 0;
   let onIdle: (() => void) | undefined;
-  const server: Server = createServer({ requestTimeout: 0, keepAliveTimeout: 65_000 }, (req, res) => {
+  const serverOptions = { requestTimeout: 0, keepAliveTimeout: 65_000 };
+  const listener = (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void => {
     active++;
     // While stopping, every response closes its connection, so keep-alive clients cannot hold the server open.
     if (!accepting) res.setHeader('Connection', 'close');
     res.once('finish', () => {
-      if (!accepting) server.closeIdleConnections();
+      if (!accepting) endpoint.closeIdleConnections();
     });
     void handle(req, res).finally(() => {
       active--;
-      if (!accepting) server.closeIdleConnections();
+      if (!accepting) endpoint.closeIdleConnections();
       if (active === 0) onIdle?.();
     });
-  });
+  };
+  server = tls ? createHttpsServer({ ...serverOptions, ...tls.options() }, listener) : createServer(serverOptions, listener);
+  const endpoint = server;
   const sockets = new Set<Socket>();
-  server.on('connection', (s) => {
+  endpoint.on('connection', (s) => {
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
   });
-  const { host, port } = parseListen(config.listen);
   try {
     await new Promise<void>((ok, fail) => {
-      server.once('error', fail);
-      server.listen(port, host, () => {
-        server.off('error', fail);
+      endpoint.once('error', fail);
+      endpoint.listen(port, host, () => {
+        endpoint.off('error', fail);
         ok();
       });
     });
   } catch (err) {
+    await tls?.close();
+    await access.close();
     await lifecycle.stop();
     await peerService?.stop();
     await seeds.close();
     await store.close();
     throw err;
   }
-  const bound = (server.address() as AddressInfo).port;
+  const bound = (endpoint.address() as AddressInfo).port;
   const shownHost = host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host;
-  const url = `http://${shownHost}:${bound}`;
-  logger.info({ url, listen: `${host}:${bound}`, dataDir }, 'listening');
+  const url = `${tls ? 'https' : 'http'}://${shownHost}:${bound}`;
+  logger.info({ url, listen: `${host}:${bound}`, dataDir, tls: tls ? tls.summary : undefined, auth: access.authEnabled }, 'listening');
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       accepting = false;
       logger.info({ graceMs: config.shutdownGraceMs }, 'stopping: no new connections; waiting for requests in flight');
-      const closed = new Promise<void>((ok) => server.close(() => ok()));
-      server.closeIdleConnections();
+      const closed = new Promise<void>((ok) => endpoint.close(() => ok()));
+      endpoint.closeIdleConnections();
       const grace = new Promise<void>((ok) => setTimeout(ok, config.shutdownGraceMs).unref());
       await Promise.race([closed, grace]);
       // Requests still running (slow uploads) are cut: their sessions keep what was durable, or roll back.
@@ -244,6 +288,9 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       // Handlers see their sockets close and finish their store work (commit, roll back or keep the session).
       if (active > 0) await new Promise<void>((ok) => (onIdle = ok));
       await fetchesStopped;
+      await tls?.close();
+      // Queued audit entries are written; queued webhook events are dropped (and logged).
+      await access.close();
       await lifecycle.stop();
       await peerService?.stop();
       await seeds.close();
@@ -253,5 +300,5 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     })();
     return stopping;
   };
-  return { port: bound, url, store, metrics: metricsRegistry, logger, peers: peerService, lifecycle, stop };
+  return { port: bound, url, store, metrics: metricsRegistry, logger, peers: peerService, lifecycle, access, stop };
 }

@@ -1,10 +1,11 @@
 import Koa, { type Context, type Next } from 'koa';
 import type { Registry } from 'prom-client';
-import { AbortedError, OCI_STATUS, ShoalError, isShoalError } from '../oci/index.ts';
+import { AbortedError, NotFoundError, OCI_STATUS, ShoalError, UnsupportedError, isShoalError } from '../oci/index.ts';
 import type { RegistryDeps, RegistryState } from './context.ts';
 import { matchRoute } from './routes.ts';
 import { handlePins } from './pins.ts';
 import { handleAdmin } from './admin.ts';
+import { authMiddleware } from './auth.ts';
 
 /** Turns a thrown value into the OCI error it is. Unknown errors become INTERNAL, logged with their stack. */
 function toShoalError(err: unknown): ShoalError {
@@ -106,6 +107,7 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
   app.silent = true;
   app.use(accessMiddleware(deps));
   app.use(errorMiddleware(deps));
+  if (deps.access) app.use(authMiddleware(deps, deps.access));
   app.use(async (ctx, next) => {
     const state = ctx.state as RegistryState;
     if (ctx.path === '/healthz') {
@@ -122,6 +124,7 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
     }
     if (ctx.path === '/shoal/peers') {
       state.route = 'peers';
+      if (ctx.method !== 'GET' && ctx.method !== 'HEAD') throw new UnsupportedError(`${ctx.method} is not supported on /shoal/peers; allowed: GET`);
       ctx.body = deps.peerStatus ? deps.peerStatus() : { enabled: false, peers: [] };
       return;
     }
@@ -141,6 +144,7 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
       ctx.body = await metricsRegistry.metrics();
       return;
     }
+    if (ctx.path === '/shoal' || ctx.path.startsWith('/shoal/')) throw new NotFoundError('NAME_UNKNOWN', `no Shoal endpoint at ${ctx.path.slice(0, 200)}`);
     const matched = matchRoute(ctx.method, ctx.path, ctx.query.ns);
     if (!matched) return next();
     state.route = matched.name;
