@@ -122,6 +122,22 @@ function dropUndefined<T extends object>(o: T): T {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
 }
 
+/** Default rotation of the audit log: 10 MB files, 5 old ones kept. */
+export const AUDIT_DEFAULTS = { maxBytes: 10_000_000, keep: 5 } as const;
+
+/** Appends entries of a command run on a stopped node's store (`shoal import --data`) to its audit log. */
+export async function appendAuditEntries(file: string, entries: Array<Omit<AuditEntry, 'time'>>, opts: Partial<Pick<AuditLogOptions, 'maxBytes' | 'keep'>> = {}): Promise<void> {
+  const log = new AuditLog({ file, maxBytes: opts.maxBytes ?? AUDIT_DEFAULTS.maxBytes, keep: opts.keep ?? AUDIT_DEFAULTS.keep, onError: (err) => {
+    throw err;
+  } });
+  await log.open();
+  try {
+    for (const e of entries) await log.append(e);
+  } finally {
+    await log.close();
+  }
+}
+
 /** The files of a log, oldest first: FILE.N ... FILE.1, FILE. */
 export async function auditFiles(file: string): Promise<string[]> {
   const dir = dirname(file);
@@ -130,7 +146,9 @@ export async function auditFiles(file: string): Promise<string[]> {
   try {
     names = await readdir(dir);
   } catch (err) {
-    throw new Error(`cannot read the audit log directory ${dir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new Error(`no audit log at ${file}: ${dir} does not exist (give the node's --data DIR, -c CONFIG or --file FILE)`);
+    throw new Error(`cannot read the audit log directory ${dir}: ${code ?? (err as Error).message}`);
   }
   const rotated = names
     .map((n) => ({ n, m: new RegExp(`^${base.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.(\\d+)$`).exec(n) }))
