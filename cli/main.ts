@@ -63,12 +63,14 @@ export function buildProgram(): Command {
       const { clusterKeyCommand } = await import('./peers.ts');
       await clusterKeyCommand(opts);
     });
-  program
-    .command('peers')
-    .description("list a running node's peers: address, RTT, throughput and bytes exchanged")
-    .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
-    .option('--json', 'print JSON')
-    .action(async (opts: { node: string; json?: boolean }) => {
+  withRegistryAccess(
+    program
+      .command('peers')
+      .description("list a running node's peers: address, RTT, throughput and bytes exchanged")
+      .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
+      .option('--json', 'print JSON'),
+    'the node (a user with the admin role)',
+  ).action(async (opts: { node: string; json?: boolean }) => {
       const { peersCommand } = await import('./peers.ts');
       await peersCommand(opts);
     });
@@ -179,23 +181,27 @@ function addBundleCommands(program: Command): void {
 
 /** gc, status, fsck: the store's lifecycle. */
 function addLifecycleCommands(program: Command): void {
-  program
-    .command('gc')
-    .description('collect garbage: untagged manifests, unreferenced blobs, abandoned uploads and staged imports (prints each with its reason)')
-    .option('--node <url>', 'a running node, e.g. http://127.0.0.1:5000')
-    .option('--data <dir>', 'the data directory of a stopped node')
-    .option('-c, --config <file>', "with --data: the node's config file (grace periods, retention rules)")
-    .option('--dry-run', 'only report what would be removed')
-    .option('--json', 'print the report as JSON')
-    .action(async (opts: { node?: string; data?: string; dryRun?: boolean; json?: boolean; config?: string }) => {
+  withRegistryAccess(
+    program
+      .command('gc')
+      .description('collect garbage: untagged manifests, unreferenced blobs, abandoned uploads and staged imports (prints each with its reason)')
+      .option('--node <url>', 'a running node, e.g. http://127.0.0.1:5000')
+      .option('--data <dir>', 'the data directory of a stopped node')
+      .option('-c, --config <file>', "with --data: the node's config file (grace periods, retention rules)")
+      .option('--dry-run', 'only report what would be removed')
+      .option('--json', 'print the report as JSON'),
+    'the node (a user with the admin role)',
+  ).action(async (opts: { node?: string; data?: string; dryRun?: boolean; json?: boolean; config?: string }) => {
       await (await import('./lifecycle.ts')).gcCommand(opts);
     });
-  program
-    .command('status')
-    .description("a running node's disk use against its quota and free-space mark, pins, last GC and scrub, peers")
-    .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
-    .option('--json', 'print JSON')
-    .action(async (opts: { node: string; json?: boolean }) => {
+  withRegistryAccess(
+    program
+      .command('status')
+      .description("a running node's disk use against its quota and free-space mark, pins, last GC and scrub, peers")
+      .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
+      .option('--json', 'print JSON'),
+    'the node (a user with the admin role)',
+  ).action(async (opts: { node: string; json?: boolean }) => {
       await (await import('./lifecycle.ts')).statusCommand(opts);
     });
   program

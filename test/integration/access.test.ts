@@ -288,6 +288,19 @@ describe('access control on a node with users, grants, immutable tags and a webh
     assert.equal((await request(base, 'PUT', `/shoal/pins/apps/roles@${img.digest}?reason=test`, { headers: { Authorization: auth('ops') } })).status, 201);
     assert.equal((await request(base, 'DELETE', `/shoal/pins/apps/roles:v1`, { headers: { Authorization: auth('ops') } })).status, 202);
     assert.equal((await request(base, 'POST', '/shoal/gc?dryRun=true', { headers: { Authorization: auth('ops') } })).status, 200);
+    // The CLI's admin commands take the same credentials.
+    const status = await runShoal(['status', '--node', base, '--username', 'ops', '--password', USERS.ops!, '--json']);
+    assert.equal(status.code, 0, status.stderr);
+    assert.equal(typeof (JSON.parse(status.stdout) as { version: string }).version, 'string');
+    const denied = await runShoal(['gc', '--dry-run', '--node', base, '--username', 'ci', '--password', USERS.ci!]);
+    assert.equal(denied.code, 1);
+    assert.match(denied.stderr, /answered 403: DENIED.*admin role/);
+    const anonymous = await runShoal(['peers', '--node', base]);
+    assert.equal(anonymous.code, 1);
+    assert.match(anonymous.stderr, /answered 401/);
+    const peers = await runShoal(['peers', '--node', base, '--username', 'ops', '--password', USERS.ops!]);
+    assert.equal(peers.code, 0, peers.stderr);
+    assert.match(peers.stdout, /runs without peers/);
   });
 
   it('immutable tags refuse a move and a delete, and accept the same manifest again', async () => {
