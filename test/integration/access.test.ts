@@ -20,6 +20,7 @@ import { waitFor } from '../helpers/cluster.ts';
 import { MediaTypes, descriptorOf, randomBlob, request, sha256, type Resp } from '../helpers/oci-client.ts';
 import { skopeoIn, type Skopeo } from '../helpers/skopeo.ts';
 import { runShoal } from '../helpers/spawn-node.ts';
+import { startContainerd } from '../helpers/containerd.ts';
 import { buildImageLayout, type ImageLayout } from '../fixtures/images.ts';
 import type { AuditEntry, WebhookEvent } from '../../src/access/index.ts';
 
@@ -564,6 +565,28 @@ describe('a node where everything needs a user (anonymous: none)', () => {
     assert.match(head.headers.get('www-authenticate') ?? '', /^Basic/);
     assert.equal((await request(t.url, 'GET', '/v2/apps/closed/manifests/v1', { headers: { Authorization: auth('reader') } })).status, 200);
     assert.equal((await request(t.url, 'GET', '/v2/apps/closed/manifests/v1', { headers: { Authorization: basic('', '') } })).status, 401, 'empty credentials are anonymous');
+  });
+
+  it("containerd's credentials: ctr with --user fetches; without, or with a wrong password, it is refused", { timeout: 120_000 }, async () => {
+    const img = await pushImage(t.url, 'apps/ctr', 'v1', auth('ci'));
+    // A short path: containerd's socket must fit a unix socket address.
+    const dir = await mkdtemp(join(tmpdir(), 'shctr-'));
+    const containerd = await startContainerd(dir);
+    try {
+      const ref = `${t.hostPort}/apps/ctr:v1`;
+      const none = await containerd.ctr(['content', 'fetch', '--plain-http', ref], { timeoutMs: 60_000 });
+      assert.notEqual(none.code, 0, 'no credentials');
+      assert.match(none.stderr, /401|unauthorized/i);
+      const wrong = await containerd.ctr(['content', 'fetch', '--plain-http', '--user', 'reader:wrong', ref], { timeoutMs: 60_000 });
+      assert.notEqual(wrong.code, 0, 'a wrong password');
+      assert.match(wrong.stderr, /401|unauthorized/i);
+      await containerd.ctrOk(['content', 'fetch', '--plain-http', '--user', `reader:${USERS.reader}`, ref], { timeoutMs: 60_000 });
+      const listed = await containerd.ctrOk(['content', 'ls', '-q']);
+      assert.ok(listed.includes(img.digest), 'the manifest is in containerd\'s content store');
+    } finally {
+      await containerd.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('the catalog lists only what the caller may pull, paginated with n and last', async () => {
