@@ -34,7 +34,8 @@ import {
   type AuditEntry,
 } from '../../src/access/index.ts';
 import { expiredTags, type RetentionRule } from '../../src/life/retention.ts';
-import { ConfigError, loadConfig, parseDuration } from '../../src/config/index.ts';
+import { ConfigError, loadConfig, parseDuration, parseListen } from '../../src/config/index.ts';
+import { parse as parseYaml } from 'yaml';
 
 const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined };
 const dirs: string[] = [];
@@ -336,5 +337,16 @@ describe('access settings', () => {
     await assert.rejects(loadConfig({ env: { SHOAL_ANONYMOUS: 'pull,write' } }), /"write" is not a role/);
     await assert.rejects(loadConfig({ env: { SHOAL_GRANTS: 'ci:push' } }), /expected JSON/);
     await assert.rejects(loadConfig({ flags: { auditMaxSize: 'lots' } }), /auditMaxSize/);
+  });
+});
+
+describe('the shipped deployment', () => {
+  it('listens on the node\'s loopback: nothing writable beyond the node', async () => {
+    const configMap = parseYaml(await readFile(new URL('../../deploy/configmap.yaml', import.meta.url), 'utf8')) as { data: Record<string, string> };
+    const settings = parseYaml(configMap.data['shoal.yaml']!) as { listen: string; anonymous?: unknown; htpasswdFile?: string };
+    assert.equal(isLoopbackHost(parseListen(settings.listen).host), true, `listen: ${settings.listen}`);
+    assert.equal(settings.anonymous, undefined, 'anonymous stays at its default (pull)');
+    const daemonSet = await readFile(new URL('../../deploy/daemonset.yaml', import.meta.url), 'utf8');
+    assert.match(daemonSet, /--mirror", "http:\/\/127\.0\.0\.1:5000"/, 'containerd is pointed at the loopback endpoint');
   });
 });
