@@ -41,6 +41,18 @@ export interface AccessSettings {
 
 export type AccessLogger = CredentialLog & WebhookLog;
 
+/**
+ * Where a request comes from: the client's address, and the address of this node it reached. A client whose
+ * address is loopback, or one of this host's own (the same address it connected to), runs on this host.
+ */
+export type Remote = string | undefined | { address?: string; localAddress?: string };
+
+export function fromThisHost(remote: Remote): boolean {
+  if (typeof remote === 'string' || remote === undefined) return isLoopbackAddress(remote);
+  if (isLoopbackAddress(remote.address)) return true;
+  return remote.address !== undefined && remote.address !== '' && remote.address === remote.localAddress;
+}
+
 /** Where a check applies: one repository, the node as a whole, or at least one repository (lists then filtered). */
 export type AccessScope = { repository: string } | { node: true } | { anywhere: true };
 
@@ -115,14 +127,14 @@ export class AccessControl {
   }
 
   /** Whether `principal`, calling from `remote`, holds `role` in `scope` (no refusal counted). */
-  holds(principal: Principal, remote: string | undefined, role: Role, scope: AccessScope): boolean {
+  holds(principal: Principal, remote: Remote, role: Role, scope: AccessScope): boolean {
     const held =
       'repository' in scope ? this.roles.allows(principal, role, scope.repository) : 'node' in scope ? this.roles.allows(principal, role, undefined) : this.roles.holdsAnywhere(principal, role);
-    return held || (principal.kind === 'anonymous' && !this.authEnabled && isLoopbackAddress(remote));
+    return held || (principal.kind === 'anonymous' && !this.authEnabled && fromThisHost(remote));
   }
 
   /** Whether `principal`, calling from `remote`, may act as `role` in `scope`, and why not. */
-  decide(principal: Principal, remote: string | undefined, role: Role, scope: AccessScope): AccessDecision {
+  decide(principal: Principal, remote: Remote, role: Role, scope: AccessScope): AccessDecision {
     if (this.holds(principal, remote, role, scope)) return { allowed: true };
     const what = 'repository' in scope ? `${role} on ${scope.repository}` : 'node' in scope ? `${role} on this node` : role;
     if (principal.kind === 'anonymous') {
@@ -142,7 +154,7 @@ export class AccessControl {
   }
 
   /** A filter for lists (catalog, pins): may this caller act as `role` on `repository`? */
-  filter(principal: Principal, remote: string | undefined, role: Role): (repository: string) => boolean {
+  filter(principal: Principal, remote: Remote, role: Role): (repository: string) => boolean {
     return (repository) => this.holds(principal, remote, role, { repository });
   }
 

@@ -12,7 +12,7 @@
  */
 import type { Context, Next } from 'koa';
 import { AbortedError, DeniedError, Digest, UnauthorizedError, isShoalError } from '../oci/index.ts';
-import { ANONYMOUS, AUTH_CHALLENGE, type AccessControl, type AccessScope, type AuditAction, type AuditResult, type Principal, type Role } from '../access/index.ts';
+import { ANONYMOUS, AUTH_CHALLENGE, type AccessControl, type AccessScope, type AuditAction, type AuditResult, type Principal, type Remote, type Role } from '../access/index.ts';
 import type { RegistryDeps, RegistryState } from './context.ts';
 import { parsePinPath } from './pins.ts';
 import { matchRoute } from './routes.ts';
@@ -76,6 +76,11 @@ function remoteOf(ctx: Context): string {
   return ctx.request.ip || ctx.req.socket.remoteAddress || 'unknown';
 }
 
+/** The client's address and the node's address it reached (equal when the client runs on this host). */
+function callerOf(ctx: Context): Remote {
+  return { address: ctx.req.socket.remoteAddress, localAddress: ctx.req.socket.localAddress };
+}
+
 function agentOf(ctx: Context): string | undefined {
   const ua = ctx.get('User-Agent');
   return ua ? ua.slice(0, 200) : undefined;
@@ -95,8 +100,8 @@ export function authMiddleware(deps: RegistryDeps, access: AccessControl) {
       void access.audit.append({ user: state.principal?.name ?? ANONYMOUS.name, from: remote, action, ...fields, result, agent: agentOf(ctx) });
     };
 
-    // Who is calling.
-    const outcome = await access.authenticate(ctx.get('Authorization') || undefined);
+    // Who is calling. A node without users has nobody to check credentials against: they are ignored.
+    const outcome = access.authEnabled ? await access.authenticate(ctx.get('Authorization') || undefined) : ({ ok: false, reason: 'none' } as const);
     if (!outcome.ok && outcome.reason === 'invalid') {
       record('login', 'unauthorized', { user: outcome.name ?? ANONYMOUS.name, repository: need === 'base' ? undefined : need.repository, status: 401, detail: outcome.message });
       throw new UnauthorizedError(`authentication failed: ${outcome.message}`, AUTH_CHALLENGE);
@@ -110,7 +115,8 @@ export function authMiddleware(deps: RegistryDeps, access: AccessControl) {
     }
 
     // What it may do.
-    const decision = access.decide(principal, remote, need.role, need.scope);
+    const caller = callerOf(ctx);
+    const decision = access.decide(principal, caller, need.role, need.scope);
     if (!decision.allowed) {
       const result: AuditResult = decision.refusal === 'unauthorized' ? 'unauthorized' : 'denied';
       record(need.action, result, {
@@ -123,23 +129,21 @@ export function authMiddleware(deps: RegistryDeps, access: AccessControl) {
       if (decision.refusal === 'unauthorized') throw new UnauthorizedError(decision.message, AUTH_CHALLENGE);
       throw new DeniedError(decision.message, { role: need.role, repository: need.repository });
     }
-    state.mayPull = access.filter(principal, remote, 'pull');
-    state.mayAdmin = access.filter(principal, remote, 'admin');
-    if (need.route === 'upload' && ctx.method === 'POST') restrictMount(ctx, access, principal, remote);
+    state.mayPull = access.filter(principal, caller, 'pull');
+    state.mayAdmin = access.filter(principal, caller, 'admin');
+    if (need.route === 'upload' && ctx.method === 'POST') restrictMount(ctx, access, principal, caller);
 
-    // Immutable tags: a delete that would take a tag away is refused before it runs.
     const repository = need.repository;
-    if (need.action === 'delete' && need.route === 'manifest' && repository !== undefined) await checkImmutableDelete(deps, access, repository, need, state.signal);
-
-    // What it is about to change, for the record and the event.
     let previous: string | undefined;
     let deleted: { mediaType?: string; size?: number; digest?: string } | undefined;
-    if (repository !== undefined && (need.action === 'push' || need.action === 'import') && need.reference) {
-      previous = await deps.store.resolveTag(repository, need.reference, { signal: state.signal }).catch(() => undefined);
-    }
-    if (repository !== undefined && need.action === 'delete') deleted = await describeDeleted(deps, repository, need, state.signal);
-
     try {
+      // Immutable tags: a delete that would take a tag away is refused before it runs.
+      if (need.action === 'delete' && need.route === 'manifest' && repository !== undefined) await checkImmutableDelete(deps, access, repository, need, state.signal);
+      // What it is about to change, for the record and the event.
+      if (repository !== undefined && (need.action === 'push' || need.action === 'import') && need.reference) {
+        previous = await deps.store.resolveTag(repository, need.reference, { signal: state.signal }).catch(() => undefined);
+      }
+      if (repository !== undefined && need.action === 'delete') deleted = await describeDeleted(deps, repository, need, state.signal);
       await next();
     } catch (err) {
       // Refusals (an immutable tag) and failures of the node are recorded; malformed requests, which change
@@ -157,7 +161,7 @@ export function authMiddleware(deps: RegistryDeps, access: AccessControl) {
 }
 
 /** A mount from a repository the caller may not pull becomes a plain upload session (nothing leaks across). */
-function restrictMount(ctx: Context, access: AccessControl, principal: Principal, remote: string): void {
+function restrictMount(ctx: Context, access: AccessControl, principal: Principal, remote: Remote): void {
   if (typeof ctx.query.mount !== 'string') return;
   const from = typeof ctx.query.from === 'string' && ctx.query.from !== '' ? ctx.query.from : undefined;
   // Without `from` the node mounts from any repository: only for callers who may pull everything.

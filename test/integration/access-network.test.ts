@@ -115,6 +115,8 @@ describe('a node listening beyond loopback without users (network namespaces)', 
       assert.equal(body.errors[0]!.code, 'DENIED');
       assert.match(body.errors[0]!.message, /loopback/);
     }
+    // A client on the node's host that dials the node's own address (not loopback) is on this host too.
+    assert.equal((await curl(nodeNs, 'GET', `${nodeUrl}/shoal/status`)).status, 200);
     const statusAfter = JSON.parse((await curl(nodeNs, 'GET', 'http://127.0.0.1:5000/shoal/status')).body);
     assert.deepEqual(statusAfter.store, storeBefore, 'nothing was written');
     assert.equal((await curl(nodeNs, 'GET', 'http://127.0.0.1:5000/v2/apps/web/tags/list')).body, '{"name":"apps/web","tags":["v1"]}');

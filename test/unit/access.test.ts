@@ -18,6 +18,7 @@ import {
   ImmutableTags,
   KeyedLock,
   RoleBook,
+  fromThisHost,
   isLoopbackAddress,
   isLoopbackHost,
   matchesAudit,
@@ -109,6 +110,10 @@ describe('roles', () => {
     for (const a of ['127.0.0.1', '127.5.6.7', '::1', '::ffff:127.0.0.1', '[::1]']) assert.equal(isLoopbackAddress(a), true, a);
     for (const a of ['10.0.0.1', '::ffff:10.0.0.1', '0.0.0.0', '', undefined, '128.0.0.1', 'fe80::1']) assert.equal(isLoopbackAddress(a), false, String(a));
     assert.equal(isLoopbackHost('localhost'), true);
+    assert.equal(fromThisHost({ address: '10.0.0.5', localAddress: '10.0.0.5' }), true, 'a client on this host that dialled its own address');
+    assert.equal(fromThisHost({ address: '10.0.0.6', localAddress: '10.0.0.5' }), false);
+    assert.equal(fromThisHost({ address: '127.0.0.1', localAddress: '127.0.0.1' }), true);
+    assert.equal(fromThisHost({ address: undefined, localAddress: undefined }), false);
     assert.equal(isLoopbackHost('0.0.0.0'), false);
   });
 });
