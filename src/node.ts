@@ -1,4 +1,4 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type RequestListener, type Server, type ServerOptions } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { join, resolve } from 'node:path';
@@ -163,39 +163,16 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
         : undefined,
   });
   lifecycle.start();
-  const { host, port } = parseListen(config.listen);
   let access: AccessControl;
   let tls: TlsFiles | undefined;
-  let server: Server | HttpsServer | undefined;
   try {
-    access = await AccessControl.open(
-      {
-        htpasswdFile: config.htpasswdFile || undefined,
-        tokensFile: config.tokensFile || undefined,
-        grants: config.grants,
-        anonymous: accessSettings(config).anonymous,
-        immutableTags: config.immutableTags,
-        audit: { file: config.auditLog ? resolve(config.auditLog) : join(dataDir, 'audit.log'), maxBytes: accessSettings(config).auditMaxBytes, keep: config.auditKeep },
-        webhooks: config.webhooks,
-      },
-      { logger, metrics: metricsRegistry },
-    );
-    if (config.tlsCert) {
-      tls = await TlsFiles.open(config.tlsCert, config.tlsKey, logger, (o) => (server as HttpsServer | undefined)?.setSecureContext(o)).catch(async (err: unknown) => {
-        await access.close();
-        throw err;
-      });
-    }
+    ({ access, tls } = await openAccess(config, dataDir, logger, metricsRegistry, (o) => (server as unknown as HttpsServer).setSecureContext(o)));
   } catch (err) {
     await lifecycle.stop();
     await peerService?.stop();
     await seeds.close();
     await store.close();
     throw err;
-  }
-  if (!isLoopbackHost(host)) {
-    if (!access.authEnabled) logger.warn({ listen: config.listen, anonymous: config.anonymous }, 'listening beyond loopback without users: pulls are open, and push, delete and admin calls are refused to other hosts unless anonymous allows them');
-    else if (!tls) logger.warn({ listen: config.listen }, 'listening beyond loopback without TLS: passwords and tokens cross the network in clear; give --tls-cert and --tls-key');
   }
   let accepting = true;
   const app = createRegistryApp({
@@ -228,32 +205,33 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   // Requests whose handlers are still running; the store closes only after the last one settles.
   let active = 0;
   let onIdle: (() => void) | undefined;
-  const serverOptions = { requestTimeout: 0, keepAliveTimeout: 65_000 };
-  const listener = (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void => {
+  // HTTPS when a certificate is configured; both kinds of server are driven the same way below.
+  const createEndpoint = (options: ServerOptions, listener: RequestListener): Server =>
+    tls ? (createHttpsServer({ ...options, ...tls.options() }, listener) as unknown as Server) : createServer(options, listener);
+  const server: Server = createEndpoint({ requestTimeout: 0, keepAliveTimeout: 65_000 }, (req, res) => {
     active++;
     // While stopping, every response closes its connection, so keep-alive clients cannot hold the server open.
     if (!accepting) res.setHeader('Connection', 'close');
     res.once('finish', () => {
-      if (!accepting) endpoint.closeIdleConnections();
+      if (!accepting) server.closeIdleConnections();
     });
     void handle(req, res).finally(() => {
       active--;
-      if (!accepting) endpoint.closeIdleConnections();
+      if (!accepting) server.closeIdleConnections();
       if (active === 0) onIdle?.();
     });
-  };
-  server = tls ? createHttpsServer({ ...serverOptions, ...tls.options() }, listener) : createServer(serverOptions, listener);
-  const endpoint = server;
+  });
   const sockets = new Set<Socket>();
-  endpoint.on('connection', (s) => {
+  server.on('connection', (s) => {
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
   });
+  const { host, port } = parseListen(config.listen);
   try {
     await new Promise<void>((ok, fail) => {
-      endpoint.once('error', fail);
-      endpoint.listen(port, host, () => {
-        endpoint.off('error', fail);
+      server.once('error', fail);
+      server.listen(port, host, () => {
+        server.off('error', fail);
         ok();
       });
     });
@@ -266,18 +244,22 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     await store.close();
     throw err;
   }
-  const bound = (endpoint.address() as AddressInfo).port;
+  const bound = (server.address() as AddressInfo).port;
   const shownHost = host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host;
   const url = `${tls ? 'https' : 'http'}://${shownHost}:${bound}`;
-  logger.info({ url, listen: `${host}:${bound}`, dataDir, tls: tls ? tls.summary : undefined, auth: access.authEnabled }, 'listening');
+  logger.info({ url, listen: `${host}:${bound}`, dataDir, tls: tls?.summary, auth: access.authEnabled }, 'listening');
+  if (!isLoopbackHost(host)) {
+    if (!access.authEnabled) logger.warn({ listen: config.listen, anonymous: config.anonymous }, 'listening beyond loopback without users: pulls are open, and push, delete and admin calls are refused to other hosts unless anonymous allows them');
+    else if (!tls) logger.warn({ listen: config.listen }, 'listening beyond loopback without TLS: passwords and tokens cross the network in clear; give --tls-cert and --tls-key');
+  }
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       accepting = false;
       logger.info({ graceMs: config.shutdownGraceMs }, 'stopping: no new connections; waiting for requests in flight');
-      const closed = new Promise<void>((ok) => endpoint.close(() => ok()));
-      endpoint.closeIdleConnections();
+      const closed = new Promise<void>((ok) => server.close(() => ok()));
+      server.closeIdleConnections();
       const grace = new Promise<void>((ok) => setTimeout(ok, config.shutdownGraceMs).unref());
       await Promise.race([closed, grace]);
       // Requests still running (slow uploads) are cut: their sessions keep what was durable, or roll back.
@@ -301,4 +283,34 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     return stopping;
   };
   return { port: bound, url, store, metrics: metricsRegistry, logger, peers: peerService, lifecycle, access, stop };
+}
+
+/** Users, roles, audit log and webhooks from the config, and the TLS files (`onCertificate` gets a renewed pair). */
+async function openAccess(
+  config: ShoalConfig,
+  dataDir: string,
+  logger: Logger,
+  metrics: Registry,
+  onCertificate: (options: import('node:tls').SecureContextOptions) => void,
+): Promise<{ access: AccessControl; tls?: TlsFiles }> {
+  const { anonymous, auditMaxBytes } = accessSettings(config);
+  const access = await AccessControl.open(
+    {
+      htpasswdFile: config.htpasswdFile || undefined,
+      tokensFile: config.tokensFile || undefined,
+      grants: config.grants,
+      anonymous,
+      immutableTags: config.immutableTags,
+      audit: { file: config.auditLog ? resolve(config.auditLog) : join(dataDir, 'audit.log'), maxBytes: auditMaxBytes, keep: config.auditKeep },
+      webhooks: config.webhooks,
+    },
+    { logger, metrics },
+  );
+  if (!config.tlsCert) return { access };
+  try {
+    return { access, tls: await TlsFiles.open(config.tlsCert, config.tlsKey, logger, onCertificate) };
+  } catch (err) {
+    await access.close();
+    throw err;
+  }
 }
