@@ -5,6 +5,7 @@ import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import './polyfill.ts';
+import { isShoalError } from './oci/index.ts';
 import { accessSettings, lifecycleSettings, parseListen, type ShoalConfig } from './config/index.ts';
 import { AccessControl, TlsFiles, isLoopbackHost, protectImmutableTags } from './access/index.ts';
 import { StoreLifecycle } from './life/service.ts';
@@ -19,6 +20,7 @@ import { createLogger } from './logger.ts';
 import { createRegistryApp } from './registry/app.ts';
 import { RegistryMetrics } from './registry/metrics.ts';
 import { openDiskStore, type ContentStore } from './store/index.ts';
+import { ensureRoom } from './store/disk-space.ts';
 import { PullMetrics } from './source/metrics.ts';
 import { PullThrough } from './source/pull-through.ts';
 import type { SeedDirectory, SeedSet } from './source/types.ts';
@@ -102,6 +104,8 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   const metrics = new RegistryMetrics(metricsRegistry, () => store.stats());
   const pullMetrics = new PullMetrics(metricsRegistry);
   const seeds = new ConfiguredSeeds(config, logger);
+  // The lifecycle needs the pull path (to fetch lost pinned content) and the pull path asks it for room: built after.
+  const lifecycleRef: { current?: StoreLifecycle } = {};
   const pull = new PullThrough({
     store,
     seeds,
@@ -110,6 +114,16 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     tagTimeoutMs: config.tagTimeoutMs,
     parallelChunks: config.parallelChunks,
     seedRate: new TokenBucket(parseRate(config.maxSeedRate)),
+    // Room for a seed transfer: evict least recently used blobs first when the disk is short of it.
+    ensureRoom: async (bytes, what) => {
+      try {
+        await ensureRoom(dataDir, bytes, what);
+      } catch (err) {
+        if (!isShoalError(err) || err.code !== 'STORAGE_FULL') throw err;
+        await lifecycleRef.current?.makeRoom(bytes);
+        await ensureRoom(dataDir, bytes, what);
+      }
+    },
   });
   let peers: PeerService | undefined;
   if (config.p2pListen) {
@@ -162,6 +176,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
           }
         : undefined,
   });
+  lifecycleRef.current = lifecycle;
   lifecycle.start();
   let access: AccessControl;
   let tls: TlsFiles | undefined;
@@ -186,6 +201,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       deleteEnabled: config.deleteEnabled,
       ready: () => accepting,
       access,
+      onStorageFull: () => lifecycle.storageFull(),
       admin: {
         status: async (o) => ({
           version: NODE_VERSION,

@@ -75,7 +75,8 @@ export async function collectGarbage(store: ContentStore, opts: GcOptions): Prom
     }
     tags = tags.filter((t) => !gone.has(`${t.repository}\u0000${t.tag}`));
 
-    const live = await walk.closure([...tags.map((t) => t.digest), ...pinned], { signal });
+    const cachedRoots = manifests.filter((m) => m.cached).map((m) => m.digest);
+    const live = await walk.closure([...tags.map((t) => t.digest), ...pinned, ...cachedRoots], { signal });
     const links = await store.listLinks({ signal });
     const sizes = new Map((await store.listEntries({ signal })).map((e) => [e.digest, e.size]));
     const linkCount = new Map<string, number>();
@@ -90,7 +91,9 @@ export async function collectGarbage(store: ContentStore, opts: GcOptions): Prom
     const manifestKeys = new Set(manifests.map((m) => `${m.repository}\u0000${m.digest}`));
     for (const m of manifests) {
       if (signal?.aborted) throw new AbortedError();
-      if (live.has(m.digest) || m.created > cutoff) continue;
+      // Manifests the pull path fetched are a cache: pulled by digest, they are the image a node must still serve
+      // when the seed is gone. Eviction bounds their layers; collection leaves them.
+      if (live.has(m.digest) || m.cached || m.created > cutoff) continue;
       if (!dryRun && !(await store.sweepManifest(m.repository, m.digest, guard, { signal, olderThan: cutoff }))) continue;
       items.push({ kind: 'manifest', repository: m.repository, digest: m.digest, size: m.size, reason: `untagged and referenced by nothing for more than ${hours(opts.graceMs)}` });
       noteRemoved(m.digest);

@@ -1,7 +1,7 @@
-import { statfs } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { bytesOfShare, type SizeOrPercent } from '../limits/size.ts';
 import type { ContentStore, IoOptions } from '../store/index.ts';
+import { diskSpace } from '../store/disk-space.ts';
 import type { LifecycleMetrics } from './metrics.ts';
 import { pinnedDigests } from './reachability.ts';
 
@@ -33,14 +33,12 @@ export interface QuotaStatus {
   lastEviction?: { at: string; blobs: number; bytes: number; reason: string };
 }
 
-/** Usage of the data file system: free and total bytes. */
-async function diskUsage(dir: string): Promise<{ free: number; total: number } | undefined> {
-  try {
-    const st = await statfs(dir);
-    return { free: st.bavail * st.bsize, total: st.blocks * st.bsize };
-  } catch {
-    return undefined;
-  }
+/** What a full disk makes free at least (a share of the file system), whatever the configured marks. */
+const DISK_FULL_RESERVE = 0.05;
+
+/** Usage of the data file system: free and total bytes (undefined when the file system cannot say). */
+function diskUsage(dir: string): Promise<{ free: number; total: number } | undefined> {
+  return diskSpace(dir).catch(() => undefined);
 }
 
 /**
@@ -54,6 +52,8 @@ export class StoreQuota {
   private unwatch?: () => void;
   private running?: Promise<void>;
   private again = false;
+  /** Set when a write hit a full disk: the next check frees at least DISK_FULL_RESERVE of the file system. */
+  private diskFull = false;
   private stopped = false;
   private readonly controller = new AbortController();
   private state: QuotaStatus;
@@ -64,6 +64,7 @@ export class StoreQuota {
     opts.metrics.quotaBytes.set(opts.maxStore);
   }
 
+  /** Whether usage is watched; a disk that filled up is handled either way (storageFull, makeRoom). */
   get enabled(): boolean {
     return this.opts.maxStore > 0 || this.opts.minFree !== undefined;
   }
@@ -88,7 +89,7 @@ export class StoreQuota {
 
   /** Asks for a check soon; checks never overlap (one more runs after the current one when asked meanwhile). */
   poke(): void {
-    if (this.stopped || !this.enabled) return;
+    if (this.stopped) return;
     if (this.running) {
       this.again = true;
       return;
@@ -128,8 +129,23 @@ export class StoreQuota {
     return bytesOfShare(m, total);
   }
 
-  /** How many bytes must go now (0: under both marks). */
-  private async excess(): Promise<{ need: number; reason: string; disk?: { free: number; total: number } }> {
+  /** A write failed for lack of space: evict until a reserve of the file system is free, marks or not. */
+  relieve(): void {
+    this.diskFull = true;
+    this.poke();
+  }
+
+  /**
+   * Makes room for a write of `bytes` that is about to start (a blob fetched from a seed): evicts until the store
+   * stays under its marks with it. Resolves when done; what cannot be freed is for the write itself to find out.
+   */
+  async makeRoom(bytes: number, opts: IoOptions = {}): Promise<void> {
+    await this.settled();
+    await this.check(opts, bytes);
+  }
+
+  /** How many bytes must go now, for a write of `extra` bytes to fit (0: under both marks). */
+  private async excess(extra = 0): Promise<{ need: number; reason: string; disk?: { free: number; total: number } }> {
     const { store, maxStore } = this.opts;
     const low = this.opts.lowWatermark ?? 0.9;
     const stored = (await store.stats()).bytes;
@@ -137,24 +153,28 @@ export class StoreQuota {
     if (disk) this.opts.metrics.freeBytes.set(disk.free);
     let need = 0;
     let reason = '';
-    if (maxStore > 0 && stored > maxStore) {
-      need = stored - Math.floor(maxStore * low);
-      reason = `the store holds ${stored} bytes, over its quota of ${maxStore}`;
+    if (maxStore > 0 && stored + extra > maxStore) {
+      need = stored + extra - Math.floor(maxStore * low);
+      reason = extra > 0 ? `a ${extra}-byte write would take the store over its quota of ${maxStore}` : `the store holds ${stored} bytes, over its quota of ${maxStore}`;
     }
-    const minFree = disk ? this.minFreeBytes(disk.total) : undefined;
-    if (disk && minFree !== undefined && disk.free < minFree) {
-      const want = Math.ceil(minFree + minFree * (1 - low)) - disk.free;
+    let minFree = (disk ? this.minFreeBytes(disk.total) : undefined) ?? (extra > 0 ? 0 : undefined);
+    if (this.diskFull && disk) {
+      this.diskFull = false;
+      minFree = Math.max(minFree ?? 0, Math.ceil(disk.total * DISK_FULL_RESERVE));
+    }
+    if (disk && minFree !== undefined && disk.free < minFree + extra) {
+      const want = Math.ceil(minFree + minFree * (1 - low)) + extra - disk.free;
       if (want > need) {
         need = want;
-        reason = `the data file system has ${disk.free} bytes free, under the mark of ${minFree}`;
+        reason = extra > 0 ? `a ${extra}-byte write needs room on the data file system (${disk.free} bytes free, mark ${minFree})` : `the data file system has ${disk.free} bytes free, under the mark of ${minFree}`;
       }
     }
     return { need, reason, disk };
   }
 
-  private async check(opts: IoOptions): Promise<void> {
+  private async check(opts: IoOptions, extra = 0): Promise<void> {
     const { store, logger, metrics } = this.opts;
-    const { need, reason } = await this.excess();
+    const { need, reason } = await this.excess(extra);
     this.state.storedBytes = (await store.stats()).bytes;
     if (need <= 0) {
       if (this.state.pinsOverQuota) {

@@ -41,7 +41,8 @@ export class ReachabilityWalk {
         const stream = await this.store.readContent(digest, undefined, opts);
         const bytes = Buffer.concat((await stream.toArray()) as Buffer[]);
         const parsed = parseManifest(bytes, undefined);
-        result = { children: parsed.manifests.map((d) => d.digest), blobs: parsed.blobs.map((d) => d.digest) };
+        // Foreign layers (with urls) live elsewhere by design: never stored here, never missing.
+        result = { children: parsed.manifests.map((d) => d.digest), blobs: parsed.blobs.filter((d) => !(d.urls && d.urls.length > 0)).map((d) => d.digest) };
       } catch {
         result = null;
       }

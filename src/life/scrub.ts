@@ -23,6 +23,20 @@ export interface ScrubStatus {
   corruptFound: number;
 }
 
+/** Waits `ms`, or less when `signal` aborts (also when it already has). */
+function pauseUnlessAborted(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = (): void => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
+}
+
 /**
  * Re-hashes every stored blob at a bounded rate, over and over. A blob whose bytes no longer match its digest is
  * taken out of the store (and so out of routing); the lifecycle service fetches it again when it is pinned.
@@ -90,13 +104,7 @@ export class Scrubber {
       this.state.lastPass = { finished: new Date().toISOString(), blobs: current.blobs, bytes: current.bytes, corrupt };
       this.state.current = undefined;
       logger.info({ blobs: current.blobs, bytes: current.bytes, corrupt }, 'scrub pass finished');
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, this.opts.pauseMs ?? 3_600_000);
-        signal.addEventListener('abort', () => {
-          clearTimeout(t);
-          resolve();
-        }, { once: true });
-      });
+      await pauseUnlessAborted(this.opts.pauseMs ?? 3_600_000, signal);
     }
   }
 }

@@ -26,6 +26,8 @@ export interface LifecycleOptions {
    * content that was lost (corrupt bytes, a lost file). Without it, lost pinned content is only reported.
    */
   refetch?: (repository: string, digest: string, kind: 'manifest' | 'blob', opts: IoOptions) => Promise<void>;
+  /** How long after start the first check for missing pinned content runs (default 5 s). */
+  pinCheckDelayMs?: number;
 }
 
 export interface GcSummary {
@@ -56,6 +58,7 @@ export class StoreLifecycle {
   private readonly scrub: Scrubber;
   private readonly controller = new AbortController();
   private gcTimer?: NodeJS.Timeout;
+  private pinCheckTimer?: NodeJS.Timeout;
   private gcRunning?: Promise<GcReport>;
   private lastGc?: GcSummary;
   private unwatch?: () => void;
@@ -78,18 +81,67 @@ export class StoreLifecycle {
       }, this.opts.gcIntervalMs);
       this.gcTimer.unref();
     }
+    // Pinned content lost while the node was down (fsck --repair removed it, a disk lost it) comes back once the
+    // node has had a moment to reach its peers and seeds, then every 10 minutes while anything is still missing.
+    const check = (): void => {
+      const run = this.restoreMissingPinned()
+        .catch((err) => this.opts.logger.warn({ err }, 'checking pinned content failed'))
+        .then((missing) => {
+          if (missing && !this.controller.signal.aborted) this.pinCheckTimer = setTimeout(check, 10 * 60_000).unref();
+        });
+      this.repairs.add(run);
+      void run.finally(() => this.repairs.delete(run));
+    };
+    this.pinCheckTimer = setTimeout(check, this.opts.pinCheckDelayMs ?? 5_000).unref();
+  }
+
+  /** Fetches pinned content that is not in the store; true when some is still missing afterwards. */
+  private async restoreMissingPinned(): Promise<boolean> {
+    const { store, logger } = this.opts;
+    const signal = this.controller.signal;
+    const pins = await store.listPins({ signal });
+    if (pins.length === 0) return false;
+    const walk = new ReachabilityWalk(store, await store.listManifests({ signal }));
+    let stillMissing = false;
+    for (const pin of pins) {
+      for (const digest of await walk.closure([pin.digest], { signal })) {
+        if (signal.aborted) return false;
+        if (await store.statContent(digest, { signal })) continue;
+        if (!this.opts.refetch) {
+          logger.error({ digest, repository: pin.repository }, 'pinned content is missing and this node has no peers or seeds to fetch it from');
+          stillMissing = true;
+          continue;
+        }
+        try {
+          await this.opts.refetch(pin.repository, digest, walk.manifestDigests.has(digest) ? 'manifest' : 'blob', { signal });
+          this.metrics.refetches.inc({ result: 'ok' });
+          logger.info({ digest, repository: pin.repository }, 'missing pinned content fetched again');
+        } catch (err) {
+          this.metrics.refetches.inc({ result: 'error' });
+          logger.warn({ digest, repository: pin.repository, err: (err as Error).message }, 'missing pinned content could not be fetched yet');
+          stillMissing = true;
+        }
+      }
+    }
+    return stillMissing;
   }
 
   async stop(): Promise<void> {
     this.controller.abort();
     clearInterval(this.gcTimer);
+    clearTimeout(this.pinCheckTimer);
     this.unwatch?.();
     await Promise.allSettled([this.quota.stop(), this.scrub.stop(), this.gcRunning, ...this.repairs]);
   }
 
   /** A write failed for lack of space: evict now. */
   storageFull(): void {
-    this.quota.poke();
+    this.quota.relieve();
+  }
+
+  /** Evicts what must go for a write of `bytes` to fit (see StoreQuota.makeRoom). */
+  makeRoom(bytes: number, opts: IoOptions = {}): Promise<void> {
+    return this.quota.makeRoom(bytes, opts);
   }
 
   /** Waits for the quota check under way (tests, status). */

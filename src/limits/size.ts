@@ -14,7 +14,8 @@ import bytesIec from 'bytes-iec';
 
 /** The rule in one paragraph, for `--help`. */
 export const SIZE_HELP =
-  'Sizes: K, M, G, T (or KB, MB, ...) are powers of 1000, Ki, Mi, Gi, Ti (or KiB, MiB, ...) powers of 1024, a plain number is bytes: 500M = 500000000, 4Gi = 4294967296.\n' +
+  'Sizes: K, M, G, T (or KB, MB, ...) are powers of 1000; Ki, Mi, Gi, Ti (or KiB, MiB, ...) powers of 1024;\n' +
+  'a plain number is bytes: 500M = 500000000 bytes, 4Gi = 4294967296 bytes.\n' +
   'Rates: a size per second (50M, 20Mi/s), or bits per second with bit or bps (400Mbit, 100Mbps).';
 export const SIZE_EXAMPLES = 'e.g. 500M, 4Gi or 1073741824';
 export const RATE_EXAMPLES = 'e.g. 50M, 20Mi or 400Mbit (bytes or bits per second)';

@@ -24,6 +24,7 @@ export type OciErrorCode =
   | 'PAGINATION_NUMBER_INVALID'
   | 'PAYLOAD_TOO_LARGE'
   | 'UNAVAILABLE'
+  | 'STORAGE_FULL'
   | 'INTERNAL';
 
 /** The one table from code to HTTP status. */
@@ -47,6 +48,7 @@ export const OCI_STATUS: Readonly<Record<OciErrorCode, number>> = {
   PAGINATION_NUMBER_INVALID: 400,
   PAYLOAD_TOO_LARGE: 413,
   UNAVAILABLE: 503,
+  STORAGE_FULL: 507,
   INTERNAL: 500,
 };
 
@@ -164,4 +166,46 @@ export class AbortedError extends ShoalError {
 
 export function isShoalError(err: unknown): err is ShoalError {
   return err instanceof ShoalError;
+}
+
+/**
+ * The node's disk (or its quota) has no room for what a request would store: 507 Insufficient Storage. Whatever
+ * the request had written so far was removed again; reads go on, and freeing space (or eviction) lets the same
+ * request succeed later.
+ */
+export class StorageFullError extends ShoalError {
+  override readonly name = 'StorageFullError';
+  constructor(message: string, detail?: unknown) {
+    super('STORAGE_FULL', message, detail);
+  }
+}
+
+/** The error codes of a full filesystem: no blocks left (ENOSPC) or the user's quota used up (EDQUOT). */
+export type DiskFullCode = 'ENOSPC' | 'EDQUOT';
+
+/**
+ * ENOSPC or EDQUOT when `err` (or an error it wraps as `cause`) is a full disk: an fs error's `code`, or the
+ * text LevelDB puts in its IO errors. Undefined for anything else, including Shoal errors that only quote such
+ * a text (a seed that is itself full is the seed's problem, not this node's).
+ */
+export function diskFullCode(err: unknown): DiskFullCode | undefined {
+  let e: unknown = err;
+  for (let depth = 0; depth < 5 && typeof e === 'object' && e !== null; depth++) {
+    if (e instanceof StorageFullError) return ((e.detail as { cause?: DiskFullCode } | undefined)?.cause) ?? 'ENOSPC';
+    if (isShoalError(e)) return undefined;
+    const { code, message } = e as { code?: unknown; message?: unknown };
+    if (code === 'ENOSPC' || code === 'EDQUOT') return code;
+    if (typeof message === 'string') {
+      if (/no space left on device/i.test(message)) return 'ENOSPC';
+      if (/disk quota exceeded/i.test(message)) return 'EDQUOT';
+    }
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+/** The message a client reads when the node's disk filled while it was `doing` something (`writing the blob`). */
+export function storageFullError(code: DiskFullCode, doing: string): StorageFullError {
+  const reason = code === 'EDQUOT' ? 'disk quota exceeded' : 'no space left on device';
+  return new StorageFullError(`the node's disk is full (${reason} while ${doing}); free space or lower the quota; nothing was stored`, { cause: code });
 }

@@ -1,15 +1,28 @@
 import Koa, { type Context, type Next } from 'koa';
 import type { Registry } from 'prom-client';
-import { AbortedError, NotFoundError, OCI_STATUS, ShoalError, UnsupportedError, isShoalError } from '../oci/index.ts';
+import { AbortedError, NotFoundError, OCI_STATUS, ShoalError, UnsupportedError, diskFullCode, isShoalError, storageFullError } from '../oci/index.ts';
 import type { RegistryDeps, RegistryState } from './context.ts';
 import { matchRoute } from './routes.ts';
 import { handlePins } from './pins.ts';
 import { handleAdmin } from './admin.ts';
 import { authMiddleware } from './auth.ts';
 
+/** What a request was storing, for the message of a full disk. */
+function storing(ctx: Context): string {
+  const route = (ctx.state as RegistryState).route;
+  const reading = ctx.method === 'GET' || ctx.method === 'HEAD';
+  if (route === 'upload') return 'writing the blob';
+  if (route === 'manifest') return reading ? 'storing the manifest fetched for this pull' : 'writing the manifest';
+  if (route === 'blob') return reading ? 'storing the blob fetched for this pull' : 'updating the store';
+  return 'writing to the store';
+}
+
 /** Turns a thrown value into the OCI error it is. Unknown errors become INTERNAL, logged with their stack. */
-function toShoalError(err: unknown): ShoalError {
+function toShoalError(err: unknown, ctx: Context): ShoalError {
   if (isShoalError(err)) return err;
+  // A full disk (ENOSPC) or quota (EDQUOT), from a file write or from LevelDB: 507, saying so.
+  const full = diskFullCode(err);
+  if (full) return storageFullError(full, storing(ctx));
   const e = err as { status?: number; expose?: boolean; message?: string; code?: string };
   // The client went away mid-request (Node reports a bare "aborted" / ECONNRESET): not a server fault.
   if (e?.code === 'ECONNRESET' || e?.code === 'ERR_STREAM_PREMATURE_CLOSE' || e?.message === 'aborted') {
@@ -23,20 +36,38 @@ function toShoalError(err: unknown): ShoalError {
   return new ShoalError('INTERNAL', 'internal error; see the node log for details');
 }
 
+/** A request failed on a full disk: count it, say it in the log, and tell whoever frees space. */
+function reportStorageFull(deps: RegistryDeps, ctx: Context, err: unknown, shoal: ShoalError): void {
+  const route = (ctx.state as RegistryState).route;
+  deps.metrics.storageFull.inc({ route });
+  deps.logger.warn({ method: ctx.method, path: ctx.path, route, err: (err as Error)?.message, detail: shoal.detail }, 'disk full: request refused with 507');
+  try {
+    deps.onStorageFull?.();
+  } catch (hookErr) {
+    deps.logger.error({ err: hookErr }, 'onStorageFull failed');
+  }
+}
+
 /** The one place errors become `{"errors":[...]}` responses. */
 function errorMiddleware(deps: RegistryDeps) {
   return async (ctx: Context, next: Next): Promise<void> => {
     try {
       await next();
     } catch (err) {
-      const shoal = toShoalError(err);
+      const shoal = toShoalError(err, ctx);
       if (shoal.code === 'INTERNAL') deps.logger.error({ err, method: ctx.method, path: ctx.path }, 'request failed');
-      // If the body was never read, drain it so the connection can be reused.
-      if (!ctx.req.readableEnded) ctx.req.resume();
+      if (shoal.code === 'STORAGE_FULL') reportStorageFull(deps, ctx, err, shoal);
+      // A body not read to its end: drain what is still readable, and close the connection after the answer.
+      // (A reader that stopped early has destroyed the request stream, and then no one would read the rest of
+      // the body: the client would wait for ever to finish sending it.)
+      const unread = !ctx.req.complete;
+      if (!ctx.req.readableEnded && !ctx.req.destroyed) ctx.req.resume();
       if (ctx.headerSent) {
-        ctx.req.socket.destroy();
+        // The response has begun: the client can only learn of the failure from a cut connection.
+        (ctx.req.socket ?? ctx.res.socket)?.destroy();
         return;
       }
+      if (unread) ctx.set('Connection', 'close');
       ctx.status = OCI_STATUS[shoal.code];
       for (const [k, v] of Object.entries(shoal.headers ?? {})) ctx.set(k, v);
       if (ctx.method === 'HEAD') {
@@ -50,14 +81,33 @@ function errorMiddleware(deps: RegistryDeps) {
   };
 }
 
+/**
+ * Runs an event handler's body so that nothing it throws escapes: an exception out of an event handler is an
+ * uncaught exception, which ends the process. What it threw is logged instead.
+ */
+function guarded(deps: RegistryDeps, what: string, fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    try {
+      deps.logger.error({ err, handler: what }, 'event handler failed');
+    } catch {
+      // a logger that throws has nowhere left to report to
+    }
+  }
+}
+
 /** One log line and the metrics for each request; an AbortSignal for the client going away. */
 function accessMiddleware(deps: RegistryDeps) {
   return async (ctx: Context, next: Next): Promise<void> => {
     const started = process.hrtime.bigint();
+    // Read now: once the response has closed, the request may have no socket left to ask.
+    const remote = ctx.req.socket?.remoteAddress;
     const controller = new AbortController();
-    const onClose = (): void => {
-      if (!ctx.res.writableFinished) controller.abort();
-    };
+    const onClose = (): void =>
+      guarded(deps, 'response close (abort signal)', () => {
+        if (!ctx.res.writableFinished) controller.abort();
+      });
     ctx.res.once('close', onClose);
     (ctx.state as RegistryState).signal = controller.signal;
     (ctx.state as RegistryState).route = 'other';
@@ -65,27 +115,28 @@ function accessMiddleware(deps: RegistryDeps) {
     try {
       await next();
     } finally {
-      const done = (): void => {
-        ctx.res.off('close', onClose);
-        const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-        const route = (ctx.state as RegistryState).route;
-        deps.metrics.requests.inc({ route, method: ctx.method, status: String(ctx.status) });
-        deps.metrics.duration.observe({ route, method: ctx.method }, seconds);
-        deps.logger.info(
-          {
-            method: ctx.method,
-            path: ctx.path,
-            query: ctx.querystring || undefined,
-            status: ctx.status,
-            route,
-            ms: Math.round(seconds * 1000),
-            length: ctx.response.length,
-            remote: ctx.request.ip,
-            aborted: controller.signal.aborted || undefined,
-          },
-          'request',
-        );
-      };
+      const done = (): void =>
+        guarded(deps, 'response close (request log)', () => {
+          ctx.res.off('close', onClose);
+          const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+          const route = (ctx.state as RegistryState).route;
+          deps.metrics.requests.inc({ route, method: ctx.method, status: String(ctx.status) });
+          deps.metrics.duration.observe({ route, method: ctx.method }, seconds);
+          deps.logger.info(
+            {
+              method: ctx.method,
+              path: ctx.path,
+              query: ctx.querystring || undefined,
+              status: ctx.status,
+              route,
+              ms: Math.round(seconds * 1000),
+              length: ctx.response.length,
+              remote,
+              aborted: controller.signal.aborted || undefined,
+            },
+            'request',
+          );
+        });
       // Streams are still flowing when next() returns: log when the response has really finished.
       if (ctx.res.writableFinished || ctx.res.destroyed) done();
       else ctx.res.once('close', done);

@@ -23,6 +23,11 @@ export interface RegistryDeps {
   admin?: NodeAdmin;
   /** Users, roles, audit log, webhooks and immutable tags; undefined: every request is allowed (tests of the API alone). */
   access?: AccessControl;
+  /**
+   * Called each time a request failed because the node's disk (or quota) is full, after its partial bytes were
+   * freed: the place to start eviction. Must not block; what it throws is logged and ignored.
+   */
+  onStorageFull?: () => void;
 }
 
 /** Operations on the node as a whole, served under /shoal/. */

@@ -7,6 +7,7 @@ export class RegistryMetrics {
   readonly duration: Histogram<'route' | 'method'>;
   readonly servedBytes: Counter<'kind'>;
   readonly receivedBytes: Counter<'kind'>;
+  readonly storageFull: Counter<'route'>;
 
   constructor(registry: Registry, storeStats: () => Promise<StoreStats>) {
     collectDefaultMetrics({ register: registry, prefix: 'shoal_process_' });
@@ -33,6 +34,12 @@ export class RegistryMetrics {
       name: 'shoal_received_bytes_total',
       help: 'Bytes of blobs and manifests received from clients',
       labelNames: ['kind'],
+      registers: [registry],
+    });
+    this.storageFull = new Counter({
+      name: 'shoal_storage_full_total',
+      help: "Requests refused with 507 because the node's disk or quota was full, by route",
+      labelNames: ['route'],
       registers: [registry],
     });
     new Gauge({

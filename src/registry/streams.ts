@@ -1,15 +1,24 @@
 import { Transform, type Readable } from 'node:stream';
 
-/** Passes a stream through, reporting the bytes that flow (for metrics). */
+/**
+ * Passes a stream through, reporting the bytes that flow (for metrics). A report that fails is ignored (the
+ * bytes still flow); the handlers below run outside any request's promise, so nothing may throw out of them.
+ */
 export function countBytes(source: Readable, report: (n: number) => void): Readable {
   const counter = new Transform({
     transform(chunk: Buffer, _enc, done) {
-      report(chunk.length);
+      try {
+        report(chunk.length);
+      } catch {
+        // metrics are not worth a response
+      }
       done(null, chunk);
     },
   });
   source.on('error', (err) => counter.destroy(err));
-  counter.on('close', () => source.destroy());
+  counter.on('close', () => {
+    if (!source.destroyed) source.destroy();
+  });
   return source.pipe(counter);
 }
 

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import { Readable } from 'node:stream';
-import { AbortedError, NotFoundError, UnavailableError, isShoalError } from '../oci/index.ts';
+import { AbortedError, NotFoundError, UnavailableError, diskFullCode, isShoalError, storageFullError } from '../oci/index.ts';
 import type { ByteRange, ContentStore, Ingest, IoOptions } from '../store/index.ts';
 import type { PullMetrics } from './metrics.ts';
 import { isSeedGone, type SeedSet } from './types.ts';
@@ -28,6 +28,11 @@ export interface BlobFetchOptions {
   upstreamRepository: string;
   metrics: PullMetrics;
   logger: Logger;
+  /**
+   * Fails (with StorageFullError) when the store has no room for `bytes` more: a seed transfer that cannot fit
+   * is refused before any client gets a response.
+   */
+  ensureRoom?: (bytes: number, what: string) => Promise<void>;
 }
 
 /** How often a seed transfer that broke after making progress is resumed by Range. */
@@ -144,6 +149,7 @@ export class BlobFetch {
       );
     } catch (err) {
       await this.ingest.abort();
+      if (diskFullCode(err)) logger.warn({ digest, written: this.written, err: (err as Error).message }, 'blob fetch stopped: the disk is full; its bytes were removed');
       throw err;
     }
   }
@@ -214,6 +220,16 @@ export class BlobFetch {
       try {
         const range: ByteRange | undefined = this.written > 0 && this.total !== undefined ? { start: this.written, end: this.total - 1 } : undefined;
         const res = await seed.getBlob(upstreamRepository, digest, { signal, range });
+        if (this.total === undefined && this.opts.ensureRoom) {
+          // Before the size is known to clients (they get their response headers on it): a blob that cannot fit
+          // fails them with a clear error instead of a connection cut half way.
+          try {
+            await this.opts.ensureRoom(res.size, `blob ${digest} from seed ${seed.url}`);
+          } catch (err) {
+            res.stream.destroy();
+            throw err;
+          }
+        }
         this.learnSize(res.size);
         for await (const chunk of res.stream as AsyncIterable<Uint8Array>) {
           await this.opts.seedRate?.take(chunk.length, signal);
@@ -224,6 +240,9 @@ export class BlobFetch {
         return;
       } catch (err) {
         if (signal.aborted) throw new AbortedError('node is stopping');
+        // A full disk is this node's, not the seed's: no other seed and no resume can help.
+        const full = diskFullCode(err);
+        if (full) throw isShoalError(err) ? err : storageFullError(full, `storing blob ${digest} fetched from seed ${seed.url}`);
         const code = isShoalError(err) ? err.code : undefined;
         const outcome = code === 'BLOB_UNKNOWN' ? 'not_found' : code === 'DIGEST_INVALID' ? 'corrupt' : 'error';
         metrics.seedRequests.inc({ registry: seeds.registry, outcome });

@@ -62,6 +62,8 @@ export interface PullThroughOptions {
   parallelChunks?: number;
   /** Caps the seed link (bytes per second), shared by every fetch. */
   seedRate?: TokenBucket;
+  /** Refuses a seed transfer that cannot fit in the store (see BlobFetchOptions). */
+  ensureRoom?: (bytes: number, what: string) => Promise<void>;
 }
 
 /**
@@ -189,7 +191,7 @@ export class PullThrough {
         const parsed = parseManifest(m.bytes, m.mediaType);
         this.opts.metrics.pullBytes.inc({ source: 'peer' }, m.bytes.length);
         return await this.opts.store.putManifest(
-          { repository: target.repository, bytes: m.bytes, mediaType: parsed.mediaType, subject: parsed.subject?.digest, artifactType: effectiveArtifactType(parsed), annotations: parsed.annotations },
+          { repository: target.repository, bytes: m.bytes, mediaType: parsed.mediaType, subject: parsed.subject?.digest, artifactType: effectiveArtifactType(parsed), annotations: parsed.annotations, cached: true },
           opts,
         );
       } catch (err) {
@@ -254,6 +256,7 @@ export class PullThrough {
           subject: parsed.subject?.digest,
           artifactType: effectiveArtifactType(parsed),
           annotations: parsed.annotations,
+          cached: true,
         });
       } catch (err) {
         const code = isShoalError(err) ? err.code : undefined;
@@ -306,6 +309,7 @@ export class PullThrough {
       upstreamRepository: target.upstream,
       metrics: this.opts.metrics,
       logger: this.opts.logger,
+      ensureRoom: this.opts.ensureRoom,
     });
     this.fetches.set(key, created);
     void created.done.catch(() => undefined).finally(() => this.fetches.delete(key));

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { AbortedError, ChunkHasher, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, type ChunkMap } from '../oci/index.ts';
+import { AbortedError, ChunkHasher, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, diskFullCode, type ChunkMap } from '../oci/index.ts';
 import { DiskBlobBytes, MemoryBlobBytes, type BlobBytes } from './bytes.ts';
 import { keyParts, keys, lastPart, SCHEMA_VERSION } from './keys.ts';
 import { LevelKeyValueStore, MemoryKeyValueStore, type KeyValueStore, type KvOp } from './kv.ts';
@@ -404,7 +404,10 @@ export class KvContentStore implements ContentStore {
     const last = this.atimes.get(digest) ?? 0;
     this.atimes.set(digest, now);
     if (now - last > ATIME_RESOLUTION_MS) {
-      await this.kv.batch([{ type: 'put', key: keys.atime(digest), value: now }], { sync: false });
+      // A full disk must not stop reads: the access time is a hint and waits for the next read.
+      await this.kv.batch([{ type: 'put', key: keys.atime(digest), value: now }], { sync: false }).catch((err: unknown) => {
+        if (!diskFullCode(err)) throw err;
+      });
     }
     return stream;
   }
@@ -555,7 +558,11 @@ export class KvContentStore implements ContentStore {
     const now = Date.now();
     const session: UploadSession = { id: randomUUID(), repository, offset: 0, created: now, updated: now };
     await this.bytes.sessionCreate(session.id);
-    await this.kv.batch([{ type: 'put', key: keys.upload(session.id), value: session }]);
+    await this.kv.batch([{ type: 'put', key: keys.upload(session.id), value: session }]).catch(async (err: unknown) => {
+      // No record, no session: its file goes too (a full disk fails here as well).
+      await this.bytes.sessionRemove(session.id).catch(() => undefined);
+      throw err;
+    });
     this.hashers.set(session.id, new DigestHasher('sha256'));
     return session;
   }
@@ -607,8 +614,9 @@ export class KvContentStore implements ContentStore {
       failure = err;
     }
     const complete = failure === undefined && (opts.length === undefined || written === opts.length);
-    if (!complete && opts.length !== undefined) {
-      // A chunk with a declared length is all or nothing, so the client can simply send it again.
+    if (!complete && (opts.length !== undefined || diskFullCode(failure))) {
+      // A chunk with a declared length is all or nothing, so the client can simply send it again. So is one that
+      // ran out of disk: its bytes (and a half-written tail) would only keep the disk full.
       await this.bytes.sessionTruncate(id, session.offset);
       this.hashers.set(id, before);
       if (failure) throw failure;
@@ -700,6 +708,11 @@ export class KvContentStore implements ContentStore {
       if (input.subject) record.subject = input.subject;
       if (input.artifactType) record.artifactType = input.artifactType;
       if (input.annotations) record.annotations = input.annotations;
+      // A push of the same manifest makes it a pushed one; a fetch never turns a pushed manifest into a cached one.
+      if (input.cached) {
+        const existing = await this.kv.get<ManifestRecord>(keys.manifest(repository, info.digest));
+        if (!existing || existing.cached) record.cached = true;
+      }
       const ops = await this.linkOps(repository, info);
       ops.push({ type: 'put', key: keys.manifest(repository, info.digest), value: record });
       if (input.tag) ops.push({ type: 'put', key: keys.tag(repository, input.tag), value: { digest: info.digest, updated: Date.now() } });

@@ -27,6 +27,8 @@ export interface ManifestRecord {
   artifactType?: string;
   annotations?: Record<string, string>;
   created: number;
+  /** Fetched by the pull path (from a seed or a peer) rather than pushed: a cache entry, kept untagged. */
+  cached?: boolean;
 }
 
 export interface ReferrerDescriptor {
@@ -121,6 +123,8 @@ export interface PutManifestInput {
    * before the check (MANIFEST_BLOB_UNKNOWN).
    */
   references?: string[];
+  /** Fetched by the pull path, not pushed (see ManifestRecord.cached). */
+  cached?: boolean;
   subject?: string;
   artifactType?: string;
   annotations?: Record<string, string>;

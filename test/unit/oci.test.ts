@@ -9,6 +9,7 @@ import {
   Digest,
   DigestHasher,
   DigestMismatchError,
+  diskFullCode,
   effectiveArtifactType,
   formatReference,
   InvalidError,
@@ -24,6 +25,8 @@ import {
   parseManifest,
   parseReference,
   ShoalError,
+  StorageFullError,
+  storageFullError,
   UnavailableError,
   UnsupportedError,
   validateRepositoryName,
@@ -656,6 +659,7 @@ describe('errors and OCI_STATUS', () => {
     assert.equal(OCI_STATUS.PAYLOAD_TOO_LARGE, 413);
     assert.equal(OCI_STATUS.UNAVAILABLE, 503);
     assert.equal(OCI_STATUS.INTERNAL, 500);
+    assert.equal(OCI_STATUS.STORAGE_FULL, 507, 'Insufficient Storage');
   });
 
   it('every code has an HTTP error status', () => {
@@ -688,5 +692,32 @@ describe('errors and OCI_STATUS', () => {
     assert.equal(isShoalError(nf), true);
     assert.equal(isShoalError(new Error('x')), false);
     assert.equal(isShoalError('BLOB_UNKNOWN'), false);
+  });
+
+  it('knows a full disk: ENOSPC and EDQUOT by code, by LevelDB text, or wrapped as a cause', () => {
+    const fsError = (code: string, text: string): Error => Object.assign(new Error(`${code}: ${text}, write`), { code });
+    assert.equal(diskFullCode(fsError('ENOSPC', 'no space left on device')), 'ENOSPC');
+    assert.equal(diskFullCode(fsError('EDQUOT', 'disk quota exceeded')), 'EDQUOT');
+    assert.equal(diskFullCode(Object.assign(new Error('IO error: /d/db/000005.log: No space left on device'), { code: 'LEVEL_IO_ERROR' })), 'ENOSPC');
+    assert.equal(diskFullCode(new Error('write failed', { cause: new Error('x', { cause: fsError('EDQUOT', 'disk quota exceeded') }) })), 'EDQUOT');
+    assert.equal(diskFullCode(storageFullError('EDQUOT', 'writing the blob')), 'EDQUOT');
+    assert.equal(diskFullCode(new StorageFullError('full')), 'ENOSPC');
+    for (const other of [fsError('EIO', 'i/o error'), fsError('ENOENT', 'no such file'), new Error('x'), undefined, null, 'ENOSPC', 28]) {
+      assert.equal(diskFullCode(other), undefined, String(other));
+    }
+    // A seed whose own disk is full is the seed's problem: its error only quotes the text.
+    assert.equal(diskFullCode(new UnavailableError('seed http://s failed for blob x: ENOSPC: no space left on device')), undefined);
+  });
+
+  it('says what was full and what happened to the request', () => {
+    const full = storageFullError('ENOSPC', 'writing the blob');
+    assert.equal(full.name, 'StorageFullError');
+    assert.equal(full.status, 507);
+    assert.deepEqual(full.toJSON(), {
+      code: 'STORAGE_FULL',
+      message: "the node's disk is full (no space left on device while writing the blob); free space or lower the quota; nothing was stored",
+      detail: { cause: 'ENOSPC' },
+    });
+    assert.match(storageFullError('EDQUOT', 'writing the manifest').message, /^the node's disk is full \(disk quota exceeded while writing the manifest\);/);
   });
 });
