@@ -263,11 +263,11 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   const bound = (server.address() as AddressInfo).port;
   const shownHost = host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host;
   const url = `${tls ? 'https' : 'http'}://${shownHost}:${bound}`;
-  logger.info({ url, listen: `${host}:${bound}`, dataDir, tls: tls?.summary, auth: access.authEnabled }, 'listening');
   if (!isLoopbackHost(host)) {
     if (!access.authEnabled) logger.warn({ listen: config.listen, anonymous: config.anonymous }, 'listening beyond loopback without users: pulls are open, and push, delete and admin calls are refused to other hosts unless anonymous allows them');
     else if (!tls) logger.warn({ listen: config.listen }, 'listening beyond loopback without TLS: passwords and tokens cross the network in clear; give --tls-cert and --tls-key');
   }
+  logger.info({ url, listen: `${host}:${bound}`, dataDir, tls: tls?.summary, auth: access.authEnabled }, 'listening');
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
