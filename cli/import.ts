@@ -1,4 +1,6 @@
-import { basename } from 'node:path';
+import { userInfo } from 'node:os';
+import { basename, join } from 'node:path';
+import { appendAuditEntries } from '../src/access/index.ts';
 import { NodeTarget, StoreTarget, describeImport, importBundle, loadTrustedKey, openBundleInput, openNodeStore, type BundleTarget } from '../src/bundle/index.ts';
 import { UsageError } from './errors.ts';
 import { checkUrl, commandProgress, interruptSignal, printResult, registryAccess, reportFailure, type RegistryAccessFlags } from './bundle-options.ts';
@@ -46,6 +48,14 @@ export async function importCommand(file: string, flags: ImportFlags): Promise<v
       pinReason: `bundle ${basename(input.name)} imported ${new Date().toISOString()}`,
       signal: interrupt.signal,
     });
+    if (flags.data) {
+      // A running node records imports through its API itself; a stopped node's store gets them here.
+      const user = localUser();
+      const entries = result.images
+        .filter((i) => i.action === 'imported')
+        .map((i) => ({ user, from: 'local', action: 'import' as const, repository: i.repository, reference: i.tag, digest: i.digest, result: 'ok' as const, detail: `bundle ${basename(input.name)}` }));
+      if (entries.length > 0) await appendAuditEntries(join(flags.data, 'audit.log'), entries);
+    }
     printResult(flags.json, describeImport(result, false), { operation: 'import', ...result });
   } catch (err) {
     const failure = interrupt.signal.aborted ? new Error('interrupted; what was imported so far is kept: run the same command again to finish (nothing is written twice)') : err;
@@ -54,5 +64,13 @@ export async function importCommand(file: string, flags: ImportFlags): Promise<v
   } finally {
     interrupt.release();
     await target.close();
+  }
+}
+
+function localUser(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return `uid ${process.getuid?.() ?? '?'}`;
   }
 }

@@ -4,34 +4,29 @@ import { collectGarbageInStore } from '../src/life/offline.ts';
 import type { GcReport } from '../src/life/gc.ts';
 import { fsckDataDir, FsckRefusedError, type FsckReport } from '../src/store/index.ts';
 import { UsageError } from './errors.ts';
+import { RegistryHttp, errorMessageOf, type HttpAnswer } from '../src/bundle/registry-http.ts';
+import { checkUrl, registryAccess, type RegistryAccessFlags } from './bundle-options.ts';
 
 /** Exit code of `shoal fsck` when problems remain. */
 export const FSCK_PROBLEMS_EXIT_CODE = 1;
 
-async function nodeRequest(node: string, path: string, init: RequestInit = {}): Promise<unknown> {
-  let url: URL;
+/** An admin call to a running node, with the credentials and CA the flags give (the node may need an admin user). */
+export async function nodeRequest(node: string, path: string, method: 'GET' | 'POST' = 'GET', flags: RegistryAccessFlags = {}): Promise<unknown> {
+  const url = checkUrl(node, '--node');
+  const http = new RegistryHttp({ url, ...(await registryAccess(flags)), timeoutMs: 10 * 60_000 });
+  let answer: HttpAnswer;
   try {
-    url = new URL(path, node);
-  } catch {
-    throw new UsageError(`--node ${JSON.stringify(node)} is not a URL; write it as http://127.0.0.1:5000`);
-  }
-  let res: Response;
-  try {
-    res = await fetch(url, { ...init, signal: AbortSignal.timeout(10 * 60_000) });
+    answer = await http.send({ method, path });
   } catch (err) {
     throw new Error(`cannot reach the node at ${node}: ${(err as Error).message} (is it running? pass --node URL)`);
+  } finally {
+    await http.close();
   }
-  const text = await res.text();
-  if (!res.ok) {
-    let message = text.slice(0, 300);
-    try {
-      message = (JSON.parse(text) as { errors: { message: string }[] }).errors[0]!.message;
-    } catch {
-      // not an OCI error body
-    }
-    throw new Error(`the node at ${node} answered ${res.status}: ${message}`);
+  if (answer.status < 200 || answer.status >= 300) {
+    const hint = answer.status === 401 || answer.status === 403 ? ' (this needs a user with the admin role: --username, --password)' : '';
+    throw new Error(`the node at ${node} answered ${answer.status}: ${errorMessageOf(answer.body)}${hint}`);
   }
-  return JSON.parse(text);
+  return JSON.parse(answer.body.toString('utf8'));
 }
 
 function printGc(report: GcReport, json: boolean | undefined): void {
@@ -50,11 +45,11 @@ function printGc(report: GcReport, json: boolean | undefined): void {
 }
 
 /** `shoal gc [--dry-run] --node URL|--data DIR` */
-export async function gcCommand(flags: { node?: string; data?: string; dryRun?: boolean; json?: boolean; config?: string }): Promise<void> {
+export async function gcCommand(flags: { node?: string; data?: string; dryRun?: boolean; json?: boolean; config?: string } & RegistryAccessFlags): Promise<void> {
   if (flags.node && flags.data) throw new UsageError('give --node URL (a running node) or --data DIR (a stopped node), not both');
   if (!flags.node && !flags.data) throw new UsageError('say which store to collect: --node URL (a running node) or --data DIR (the data directory of a stopped node)');
   if (flags.node) {
-    const report = (await nodeRequest(flags.node, `/shoal/gc?dryRun=${flags.dryRun ? 'true' : 'false'}`, { method: 'POST' })) as GcReport;
+    const report = (await nodeRequest(flags.node, `/shoal/gc?dryRun=${flags.dryRun ? 'true' : 'false'}`, 'POST', flags)) as GcReport;
     printGc(report, flags.json);
     return;
   }
@@ -84,8 +79,8 @@ interface StatusBody {
 }
 
 /** `shoal status --node URL` */
-export async function statusCommand(flags: { node: string; json?: boolean }): Promise<void> {
-  const s = (await nodeRequest(flags.node, '/shoal/status')) as StatusBody;
+export async function statusCommand(flags: { node: string; json?: boolean } & RegistryAccessFlags): Promise<void> {
+  const s = (await nodeRequest(flags.node, '/shoal/status', 'GET', flags)) as StatusBody;
   if (flags.json) {
     process.stdout.write(JSON.stringify(s, null, 2) + '\n');
     return;

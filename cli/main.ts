@@ -10,6 +10,7 @@ import type { ImportFlags } from './import.ts';
 import type { VerifyFlags } from './verify.ts';
 import type { InventoryFlags } from './inventory.ts';
 import type { PinFlags } from './pins.ts';
+import type { AuditFlags } from './audit.ts';
 
 /** Builds the `shoal` program; each command only parses its flags and delegates to src/. */
 export function buildProgram(): Command {
@@ -41,6 +42,15 @@ export function buildProgram(): Command {
     .option('--gc-interval <duration>', 'how often garbage collection runs, e.g. 6h; 0: only on demand [default: 6h, env SHOAL_GC_INTERVAL]')
     .option('--scrub-rate <rate>', 'bytes per second the background scrub re-hashes, e.g. 10M; 0: off [default: 10M, env SHOAL_SCRUB_RATE]')
     .option('--peer-tags <true|false>', "when no seed answers, a peer's newer tag record may answer; false: tags only from seeds and bundles [default: true, env SHOAL_PEER_TAGS]")
+    .option('--htpasswd <file>', 'users: an htpasswd file with bcrypt entries (htpasswd -B); reloaded when it changes [env SHOAL_HTPASSWD_FILE]')
+    .option('--tokens <file>', 'static tokens: NAME:TOKEN (or NAME:sha256:<hex>) per line; reloaded when it changes [env SHOAL_TOKENS_FILE]')
+    .option('--grant <user:roles[:prefix]>', 'roles of a user or token on repositories under a prefix, e.g. ci:push:apps/ or ops:admin (repeatable) [env SHOAL_GRANTS, JSON]', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--anonymous <roles>', 'roles of callers without credentials: pull, none, or a list such as pull,push [default: pull, env SHOAL_ANONYMOUS]')
+    .option('--immutable-tags <prefix>', 'tags of repositories under this prefix cannot be moved or deleted (repeatable) [env SHOAL_IMMUTABLE_TAGS]', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--tls-cert <file>', 'PEM certificate of the endpoint (HTTPS); reloaded when it changes [env SHOAL_TLS_CERT]')
+    .option('--tls-key <file>', 'PEM key of the endpoint; reloaded when it changes [env SHOAL_TLS_KEY]')
+    .option('--audit-log <file>', 'the audit log [default: <data>/audit.log, env SHOAL_AUDIT_LOG]')
+    .option('--webhook <url>', 'tell this URL about every push and delete (repeatable) [env SHOAL_WEBHOOKS]', (v: string, prev: string[] = []) => [...prev, v])
     .addHelpText('after', `\n${SIZE_HELP}`)
     .action(async (opts: ServeFlags) => {
       const { serveCommand } = await import('./serve.ts');
@@ -54,12 +64,14 @@ export function buildProgram(): Command {
       const { clusterKeyCommand } = await import('./peers.ts');
       await clusterKeyCommand(opts);
     });
-  program
-    .command('peers')
-    .description("list a running node's peers: address, RTT, throughput and bytes exchanged")
-    .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
-    .option('--json', 'print JSON')
-    .action(async (opts: { node: string; json?: boolean }) => {
+  withRegistryAccess(
+    program
+      .command('peers')
+      .description("list a running node's peers: address, RTT, throughput and bytes exchanged")
+      .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
+      .option('--json', 'print JSON'),
+    'the node (a user with the admin role)',
+  ).action(async (opts: { node: string; json?: boolean }) => {
       const { peersCommand } = await import('./peers.ts');
       await peersCommand(opts);
     });
@@ -78,6 +90,20 @@ export function buildProgram(): Command {
   addBundleCommands(program);
   addLifecycleCommands(program);
   addPinCommands(program);
+  program
+    .command('audit')
+    .description("print a node's audit log (push, delete, tag moves, imports, pins, GC, refusals and failed logins), oldest first")
+    .option('--data <dir>', "the node's data directory, where audit.log is [default: ./data, env SHOAL_DATA_DIR]")
+    .option('-c, --config <file>', "the node's config file (its auditLog and dataDir settings)")
+    .option('--file <file>', 'the audit log file itself')
+    .option('--since <when>', 'only entries since a duration ago (90m, 2d) or a date (2026-11-30, 2026-11-30T08:00:00Z)')
+    .option('--user <name>', 'only entries of this user or token (anonymous for callers without credentials)')
+    .option('--repo <prefix>', 'only entries of repositories starting with this prefix')
+    .option('--action <action>', 'only this action: push, tag-move, upload, delete, import, pin, unpin, gc, pull, admin, login')
+    .option('--json', 'print the entries as JSON lines')
+    .action(async (opts: AuditFlags) => {
+      await (await import('./audit.ts')).auditCommand(opts);
+    });
   return program;
 }
 
@@ -156,23 +182,27 @@ function addBundleCommands(program: Command): void {
 
 /** gc, status, fsck: the store's lifecycle. */
 function addLifecycleCommands(program: Command): void {
-  program
-    .command('gc')
-    .description('collect garbage: untagged manifests, unreferenced blobs, abandoned uploads and staged imports (prints each with its reason)')
-    .option('--node <url>', 'a running node, e.g. http://127.0.0.1:5000')
-    .option('--data <dir>', 'the data directory of a stopped node')
-    .option('-c, --config <file>', "with --data: the node's config file (grace periods, retention rules)")
-    .option('--dry-run', 'only report what would be removed')
-    .option('--json', 'print the report as JSON')
-    .action(async (opts: { node?: string; data?: string; dryRun?: boolean; json?: boolean; config?: string }) => {
+  withRegistryAccess(
+    program
+      .command('gc')
+      .description('collect garbage: untagged manifests, unreferenced blobs, abandoned uploads and staged imports (prints each with its reason)')
+      .option('--node <url>', 'a running node, e.g. http://127.0.0.1:5000')
+      .option('--data <dir>', 'the data directory of a stopped node')
+      .option('-c, --config <file>', "with --data: the node's config file (grace periods, retention rules)")
+      .option('--dry-run', 'only report what would be removed')
+      .option('--json', 'print the report as JSON'),
+    'the node (a user with the admin role)',
+  ).action(async (opts: { node?: string; data?: string; dryRun?: boolean; json?: boolean; config?: string }) => {
       await (await import('./lifecycle.ts')).gcCommand(opts);
     });
-  program
-    .command('status')
-    .description("a running node's disk use against its quota and free-space mark, pins, last GC and scrub, peers")
-    .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
-    .option('--json', 'print JSON')
-    .action(async (opts: { node: string; json?: boolean }) => {
+  withRegistryAccess(
+    program
+      .command('status')
+      .description("a running node's disk use against its quota and free-space mark, pins, last GC and scrub, peers")
+      .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
+      .option('--json', 'print JSON'),
+    'the node (a user with the admin role)',
+  ).action(async (opts: { node: string; json?: boolean }) => {
       await (await import('./lifecycle.ts')).statusCommand(opts);
     });
   program

@@ -1,5 +1,7 @@
 import { writeClusterKey } from '../src/p2p/keys.ts';
 import { UsageError } from './errors.ts';
+import { nodeRequest } from './lifecycle.ts';
+import type { RegistryAccessFlags } from './bundle-options.ts';
 import type { PeerSummary } from '../src/p2p/types.ts';
 import { formatBytes } from '../src/bundle/format.ts';
 
@@ -25,15 +27,8 @@ function remaining(until: number, now = Date.now()): string {
 }
 
 /** `shoal peers`: asks a running node for its peer table. */
-export async function peersCommand(flags: { node: string; json?: boolean }): Promise<void> {
-  let res: Response;
-  try {
-    res = await fetch(new URL('/shoal/peers', flags.node), { signal: AbortSignal.timeout(5_000) });
-  } catch (err) {
-    throw new Error(`cannot reach the node at ${flags.node}: ${(err as Error).message} (is it running? pass --node URL)`);
-  }
-  if (!res.ok) throw new Error(`the node at ${flags.node} answered ${res.status}`);
-  const body = (await res.json()) as { enabled: boolean; self?: string; addresses?: string[]; peers: PeerRow[] };
+export async function peersCommand(flags: { node: string; json?: boolean } & RegistryAccessFlags): Promise<void> {
+  const body = (await nodeRequest(flags.node, '/shoal/peers', 'GET', flags)) as { enabled: boolean; self?: string; addresses?: string[]; peers: PeerRow[] };
   if (flags.json) {
     process.stdout.write(JSON.stringify(body, null, 2) + '\n');
     return;

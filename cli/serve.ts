@@ -20,6 +20,15 @@ export interface ServeFlags {
   gcInterval?: string;
   scrubRate?: string;
   peerTags?: string;
+  htpasswd?: string;
+  tokens?: string;
+  grant?: string[];
+  anonymous?: string;
+  immutableTags?: string[];
+  tlsCert?: string;
+  tlsKey?: string;
+  auditLog?: string;
+  webhook?: string[];
 }
 
 /** `shoal serve`: starts a node and runs until SIGTERM or SIGINT. */
@@ -45,6 +54,15 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
       gcInterval: flags.gcInterval,
       scrubRate: flags.scrubRate,
       peerTags: flags.peerTags,
+      htpasswdFile: flags.htpasswd,
+      tokensFile: flags.tokens,
+      grants: flags.grant,
+      anonymous: flags.anonymous,
+      immutableTags: flags.immutableTags,
+      tlsCert: flags.tlsCert,
+      tlsKey: flags.tlsKey,
+      auditLog: flags.auditLog,
+      webhooks: flags.webhook,
     },
   });
   // Signals are handled from the start: one that arrives while the node starts stops it as soon as it is up.

@@ -15,6 +15,8 @@ declare -A PKG=(
   [ctr]=containerd
   [ip]=iproute2
   [curl]=curl
+  [htpasswd]=apache2-utils
+  [openssl]=openssl
 )
 # Installed alongside: CA roots for TLS, and the OCI runtime podman depends on (crun),
 # named so a minimal image with recommends off still gets a working rootful podman (vfs).
@@ -31,7 +33,7 @@ have() {
 }
 
 missing_cmds=()
-for cmd in skopeo umoci podman docker-registry containerd ctr ip curl; do
+for cmd in skopeo umoci podman docker-registry containerd ctr ip curl htpasswd openssl; do
   have "$cmd" || missing_cmds+=("$cmd")
 done
 if [[ ${#missing_cmds[@]} -eq 0 ]]; then

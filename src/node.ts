@@ -1,11 +1,13 @@
-import { createServer, type Server } from 'node:http';
+import { createServer, type RequestListener, type Server, type ServerOptions } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import './polyfill.ts';
 import { isShoalError } from './oci/index.ts';
-import { lifecycleSettings, parseListen, type ShoalConfig } from './config/index.ts';
+import { accessSettings, lifecycleSettings, parseListen, type ShoalConfig } from './config/index.ts';
+import { AccessControl, TlsFiles, isLoopbackHost, protectImmutableTags } from './access/index.ts';
 import { StoreLifecycle } from './life/service.ts';
 import { TokenBucket } from './limits/token-bucket.ts';
 import { parseRate } from './limits/size.ts';
@@ -68,6 +70,8 @@ export interface ShoalNode {
   readonly peers?: PeerService;
   /** Quota and eviction, GC, scrub. */
   readonly lifecycle: StoreLifecycle;
+  /** Users, roles, audit log, webhooks. */
+  readonly access: AccessControl;
   stop(): Promise<void>;
 }
 
@@ -143,11 +147,23 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     logger,
     metrics: metricsRegistry,
     ...lifecycleSettings(config),
-    retention: config.retention,
+    // Retention never removes a tag that immutableTags protects.
+    retention: protectImmutableTags(config.retention, config.immutableTags),
     refetch: seeds.clients.length > 0 || peerService ? (repository, digest, kind, o) => pull.refetch(repository, digest, kind, o) : undefined,
   });
   lifecycleRef.current = lifecycle;
   lifecycle.start();
+  let access: AccessControl;
+  let tls: TlsFiles | undefined;
+  try {
+    ({ access, tls } = await openAccess(config, dataDir, logger, metricsRegistry, (o) => (server as unknown as HttpsServer).setSecureContext(o)));
+  } catch (err) {
+    await lifecycle.stop();
+    await peerService?.stop();
+    await seeds.close();
+    await store.close();
+    throw err;
+  }
   let accepting = true;
   const app = createRegistryApp({
     deps: {
@@ -159,6 +175,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       maxManifestBytes: config.maxManifestBytes,
       deleteEnabled: config.deleteEnabled,
       ready: () => accepting,
+      access,
       onStorageFull: () => lifecycle.storageFull(),
       admin: {
         status: async (o) => ({
@@ -179,7 +196,10 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   // Requests whose handlers are still running; the store closes only after the last one settles.
   let active = 0;
   let onIdle: (() => void) | undefined;
-  const server: Server = createServer({ requestTimeout: 0, keepAliveTimeout: 65_000 }, (req, res) => {
+  // HTTPS when a certificate is configured; both kinds of server are driven the same way below.
+  const createEndpoint = (options: ServerOptions, listener: RequestListener): Server =>
+    tls ? (createHttpsServer({ ...options, ...tls.options() }, listener) as unknown as Server) : createServer(options, listener);
+  const server: Server = createEndpoint({ requestTimeout: 0, keepAliveTimeout: 65_000 }, (req, res) => {
     active++;
     // While stopping, every response closes its connection, so keep-alive clients cannot hold the server open.
     if (!accepting) res.setHeader('Connection', 'close');
@@ -207,6 +227,8 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       });
     });
   } catch (err) {
+    await tls?.close();
+    await access.close();
     await lifecycle.stop();
     await peerService?.stop();
     await seeds.close();
@@ -215,8 +237,12 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   }
   const bound = (server.address() as AddressInfo).port;
   const shownHost = host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host;
-  const url = `http://${shownHost}:${bound}`;
-  logger.info({ url, listen: `${host}:${bound}`, dataDir }, 'listening');
+  const url = `${tls ? 'https' : 'http'}://${shownHost}:${bound}`;
+  if (!isLoopbackHost(host)) {
+    if (!access.authEnabled) logger.warn({ listen: config.listen, anonymous: config.anonymous }, 'listening beyond loopback without users: pulls are open, and push, delete and admin calls are refused to other hosts unless anonymous allows them');
+    else if (!tls) logger.warn({ listen: config.listen }, 'listening beyond loopback without TLS: passwords and tokens cross the network in clear; give --tls-cert and --tls-key');
+  }
+  logger.info({ url, listen: `${host}:${bound}`, dataDir, tls: tls?.summary, auth: access.authEnabled }, 'listening');
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
@@ -235,6 +261,9 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       // Handlers see their sockets close and finish their store work (commit, roll back or keep the session).
       if (active > 0) await new Promise<void>((ok) => (onIdle = ok));
       await fetchesStopped;
+      await tls?.close();
+      // Queued audit entries are written; queued webhook events are dropped (and logged).
+      await access.close();
       await lifecycle.stop();
       await peerService?.stop();
       await seeds.close();
@@ -244,5 +273,35 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     })();
     return stopping;
   };
-  return { port: bound, url, store, metrics: metricsRegistry, logger, peers: peerService, lifecycle, stop };
+  return { port: bound, url, store, metrics: metricsRegistry, logger, peers: peerService, lifecycle, access, stop };
+}
+
+/** Users, roles, audit log and webhooks from the config, and the TLS files (`onCertificate` gets a renewed pair). */
+async function openAccess(
+  config: ShoalConfig,
+  dataDir: string,
+  logger: Logger,
+  metrics: Registry,
+  onCertificate: (options: import('node:tls').SecureContextOptions) => void,
+): Promise<{ access: AccessControl; tls?: TlsFiles }> {
+  const { anonymous, auditMaxBytes } = accessSettings(config);
+  const access = await AccessControl.open(
+    {
+      htpasswdFile: config.htpasswdFile || undefined,
+      tokensFile: config.tokensFile || undefined,
+      grants: config.grants,
+      anonymous,
+      immutableTags: config.immutableTags,
+      audit: { file: config.auditLog ? resolve(config.auditLog) : join(dataDir, 'audit.log'), maxBytes: auditMaxBytes, keep: config.auditKeep },
+      webhooks: config.webhooks,
+    },
+    { logger, metrics },
+  );
+  if (!config.tlsCert) return { access };
+  try {
+    return { access, tls: await TlsFiles.open(config.tlsCert, config.tlsKey, logger, onCertificate) };
+  } catch (err) {
+    await access.close();
+    throw err;
+  }
 }

@@ -3,6 +3,7 @@ import { parse as parseYaml } from 'yaml';
 import ms from 'ms';
 import { parsePercentOrSize, parseRate, parseSize } from '../limits/size.ts';
 import { parseRetentionRules, type RetentionRule } from '../life/retention.ts';
+import { parseGrants, parseImmutablePrefixes, parseRoleList, parseWebhooks, type Grant, type WebhookConfig } from '../access/index.ts';
 
 /** Log levels pino understands, plus `silent`. */
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
@@ -86,6 +87,27 @@ export interface ShoalConfig {
   peerBanMs: number;
   /** Keep peer bans across this node's restarts (in <data>/p2p/bans.json). */
   persistPeerBans: boolean;
+  /** htpasswd file of users (bcrypt entries, `htpasswd -B`); reloaded when it changes. */
+  htpasswdFile: string;
+  /** Static bearer tokens, one `NAME:TOKEN` (or `NAME:sha256:<hex>`) per line; reloaded when it changes. */
+  tokensFile: string;
+  /** Roles of callers without credentials: pull (default), none, or e.g. pull,push,delete,admin (all). */
+  anonymous: string[];
+  /** Roles per user (or token name, or `*` for every authenticated caller) and repository prefix. */
+  grants: Grant[];
+  /** Repository prefixes whose tags cannot be moved or deleted once written. */
+  immutableTags: string[];
+  /** PEM certificate and key of the registry endpoint (HTTPS); reloaded when they change. */
+  tlsCert: string;
+  tlsKey: string;
+  /** The audit log file; empty: `<dataDir>/audit.log`. */
+  auditLog: string;
+  /** Size at which the audit log is rotated, e.g. 10M. */
+  auditMaxSize: string;
+  /** Rotated audit log files kept. */
+  auditKeep: number;
+  /** URLs told about every push and delete. */
+  webhooks: WebhookConfig[];
 }
 
 export function defaultConfig(): ShoalConfig {
@@ -123,6 +145,17 @@ export function defaultConfig(): ShoalConfig {
     maxPeerInventory: 100_000,
     peerBanMs: 5 * 60_000,
     persistPeerBans: true,
+    htpasswdFile: '',
+    tokensFile: '',
+    anonymous: ['pull'],
+    grants: [],
+    immutableTags: [],
+    tlsCert: '',
+    tlsKey: '',
+    auditLog: '',
+    auditMaxSize: '10M',
+    auditKeep: 5,
+    webhooks: [],
   };
 }
 
@@ -144,7 +177,7 @@ export function parseListen(value: string, setting = 'listen'): ListenAddress {
   return { host: m[1] ?? (m[2] || '0.0.0.0'), port };
 }
 
-const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' | 'boolean' | 'seeds' | 'registries' | 'retention'> = {
+const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' | 'boolean' | 'seeds' | 'registries' | 'retention' | 'grants' | 'webhooks' | 'prefixes'> = {
   dataDir: 'string',
   listen: 'string',
   logLevel: 'string',
@@ -178,6 +211,17 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   maxPeerInventory: 'number',
   peerBanMs: 'number',
   persistPeerBans: 'boolean',
+  htpasswdFile: 'optional',
+  tokensFile: 'optional',
+  anonymous: 'list',
+  grants: 'grants',
+  immutableTags: 'prefixes',
+  tlsCert: 'optional',
+  tlsKey: 'optional',
+  auditLog: 'optional',
+  auditMaxSize: 'optional',
+  auditKeep: 'number',
+  webhooks: 'webhooks',
 };
 
 /** A duration setting in milliseconds: `90s`, `15m`, `6h`, `2d`, or a number of milliseconds; 0 allowed. */
@@ -218,6 +262,25 @@ export function lifecycleSettings(config: ShoalConfig): {
     scrubRate: wrap('scrubRate', () => parseRate(config.scrubRate)),
     scrubIntervalMs: atLeast(parseDuration(config.scrubInterval, 'scrubInterval'), 1000, () => `scrubInterval: ${JSON.stringify(config.scrubInterval)} is too short; the scrub rests at least 1s between passes`),
   };
+}
+
+/** The access settings as values (validated by validateConfig): anonymous roles, audit log size. */
+export function accessSettings(config: ShoalConfig): { anonymous: ReturnType<typeof parseRoleList>; auditMaxBytes: number } {
+  let anonymous: ReturnType<typeof parseRoleList>;
+  let auditMaxBytes: number;
+  try {
+    anonymous = parseRoleList(config.anonymous, 'anonymous');
+  } catch (err) {
+    throw new ConfigError((err as Error).message);
+  }
+  try {
+    auditMaxBytes = parseSize(config.auditMaxSize);
+  } catch (err) {
+    throw new ConfigError(`auditMaxSize: ${(err as Error).message}`);
+  }
+  if (Boolean(config.tlsCert) !== Boolean(config.tlsKey)) throw new ConfigError('tlsCert and tlsKey go together (--tls-cert FILE --tls-key FILE)');
+  if (config.auditKeep < 1 || !Number.isInteger(config.auditKeep)) throw new ConfigError('auditKeep: keep at least 1 rotated audit log file');
+  return { anonymous, auditMaxBytes };
 }
 
 function seedList(value: unknown, origin: string): SeedConfig[] {
@@ -264,6 +327,28 @@ function coerce(key: keyof ShoalConfig, value: unknown, origin: string): unknown
     }
     try {
       return parseRetentionRules(parsed, `${key} (${origin})`);
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
+    }
+  }
+  if (kind === 'grants' || kind === 'webhooks') {
+    let parsed = value;
+    if (typeof value === 'string' && (kind === 'grants' || value.trim().startsWith('['))) {
+      try {
+        parsed = JSON.parse(value);
+      } catch {
+        throw new ConfigError(`${key} (${origin}): expected JSON such as ${kind === 'grants' ? '[{"user":"ci","prefix":"apps/","roles":["push"]}]' : '[{"url":"http://scanner:8080/hook"}]'}`);
+      }
+    }
+    try {
+      return kind === 'grants' ? parseGrants(parsed, `${key} (${origin})`) : parseWebhooks(parsed, `${key} (${origin})`, parseDuration);
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
+    }
+  }
+  if (kind === 'prefixes') {
+    try {
+      return parseImmutablePrefixes(value, `${key} (${origin})`);
     } catch (err) {
       throw new ConfigError((err as Error).message);
     }
@@ -333,6 +418,7 @@ export function validateConfig(config: ShoalConfig): ShoalConfig {
   if (config.parallelChunks < 1 || config.maxChunkStreams < 1) throw new ConfigError('parallelChunks and maxChunkStreams must be at least 1');
   if (!Number.isSafeInteger(config.maxPeerInventory) || config.maxPeerInventory < 1) throw new ConfigError('maxPeerInventory: must be a whole number of blobs, at least 1');
   if (config.zone.length > 128) throw new ConfigError('zone: at most 128 characters (peers refuse longer labels)');
+  accessSettings(config);
   if (config.maxManifestBytes < 4 * 1024 * 1024) throw new ConfigError('maxManifestBytes: must be at least 4194304 (4 MiB), as the OCI spec requires');
   return config;
 }

@@ -132,6 +132,22 @@ export class UnsupportedError extends ShoalError {
   }
 }
 
+/** The request needs credentials, or the ones it carried did not check out; `challenge` is the WWW-Authenticate value. */
+export class UnauthorizedError extends ShoalError {
+  override readonly name = 'UnauthorizedError';
+  constructor(message: string, challenge: string, detail?: unknown) {
+    super('UNAUTHORIZED', message, detail, { 'WWW-Authenticate': challenge });
+  }
+}
+
+/** The caller is known but may not do this (a missing role, an immutable tag). */
+export class DeniedError extends ShoalError {
+  override readonly name = 'DeniedError';
+  constructor(message: string, detail?: unknown) {
+    super('DENIED', message, detail);
+  }
+}
+
 /** A dependency (seed, peer, disk) cannot serve right now; retrying later may work. */
 export class UnavailableError extends ShoalError {
   override readonly name = 'UnavailableError';

@@ -1,10 +1,11 @@
 import Koa, { type Context, type Next } from 'koa';
 import type { Registry } from 'prom-client';
-import { AbortedError, OCI_STATUS, ShoalError, diskFullCode, isShoalError, storageFullError } from '../oci/index.ts';
+import { AbortedError, NotFoundError, OCI_STATUS, ShoalError, UnsupportedError, diskFullCode, isShoalError, storageFullError } from '../oci/index.ts';
 import type { RegistryDeps, RegistryState } from './context.ts';
 import { matchRoute } from './routes.ts';
 import { handlePins } from './pins.ts';
 import { handleAdmin } from './admin.ts';
+import { authMiddleware } from './auth.ts';
 
 /** What a request was storing, for the message of a full disk. */
 function storing(ctx: Context): string {
@@ -157,6 +158,7 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
   app.silent = true;
   app.use(accessMiddleware(deps));
   app.use(errorMiddleware(deps));
+  if (deps.access) app.use(authMiddleware(deps, deps.access));
   app.use(async (ctx, next) => {
     const state = ctx.state as RegistryState;
     if (ctx.path === '/healthz') {
@@ -173,6 +175,7 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
     }
     if (ctx.path === '/shoal/peers') {
       state.route = 'peers';
+      if (ctx.method !== 'GET' && ctx.method !== 'HEAD') throw new UnsupportedError(`${ctx.method} is not supported on /shoal/peers; allowed: GET`);
       ctx.body = deps.peerStatus ? deps.peerStatus() : { enabled: false, peers: [] };
       return;
     }
@@ -192,6 +195,7 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
       ctx.body = await metricsRegistry.metrics();
       return;
     }
+    if (ctx.path === '/shoal' || ctx.path.startsWith('/shoal/')) throw new NotFoundError('NAME_UNKNOWN', `no Shoal endpoint at ${ctx.path.slice(0, 200)}`);
     const matched = matchRoute(ctx.method, ctx.path, ctx.query.ns);
     if (!matched) return next();
     state.route = matched.name;

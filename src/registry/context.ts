@@ -3,6 +3,7 @@ import type { ContentStore } from '../store/index.ts';
 import type { PullThrough } from '../source/pull-through.ts';
 import type { PullMetrics } from '../source/metrics.ts';
 import type { RegistryMetrics } from './metrics.ts';
+import type { AccessControl, Principal } from '../access/index.ts';
 
 /** What every handler gets besides the Koa context. */
 export interface RegistryDeps {
@@ -20,6 +21,8 @@ export interface RegistryDeps {
   ready: () => boolean;
   /** The node's own operations (status, garbage collection) for the admin API. */
   admin?: NodeAdmin;
+  /** Users, roles, audit log, webhooks and immutable tags; undefined: every request is allowed (tests of the API alone). */
+  access?: AccessControl;
   /**
    * Called each time a request failed because the node's disk (or quota) is full, after its partial bytes were
    * freed: the place to start eviction. Must not block; what it throws is logged and ignored.
@@ -53,4 +56,10 @@ export interface RegistryState {
   route: string;
   /** Aborted when the client goes away. */
   signal: AbortSignal;
+  /** Who is calling (set by the access middleware). */
+  principal?: Principal;
+  /** Whether the caller may pull from a repository: the catalog lists only those (set by the access middleware). */
+  mayPull?: (repository: string) => boolean;
+  /** Whether the caller may administer a repository: the pin list shows only those (set by the access middleware). */
+  mayAdmin?: (repository: string) => boolean;
 }

@@ -41,7 +41,9 @@ export async function listTags(ctx: Context, deps: RegistryDeps, p: RouteParams)
 /** GET /v2/_catalog */
 export async function listCatalog(ctx: Context, deps: RegistryDeps): Promise<void> {
   const { signal } = ctx.state as RegistryState;
-  const repos = (await deps.store.listRepositories({ signal })).sort();
+  const { mayPull } = ctx.state as RegistryState;
+  const all = (await deps.store.listRepositories({ signal })).sort();
+  const repos = mayPull ? all.filter(mayPull) : all;
   ctx.body = { repositories: paginate(ctx, repos, '/v2/_catalog') };
 }
 

@@ -16,6 +16,7 @@ import type { RegistryDeps, RegistryState, RouteParams } from './context.ts';
 import { readSmallBody } from './http.ts';
 import { emptyResponse, requireRepository } from './repositories.ts';
 import { countBytes } from './streams.ts';
+import { guardTagWrite } from './auth.ts';
 
 type ParsedReference = { kind: 'digest'; digest: string } | { kind: 'tag'; tag: string };
 
@@ -87,7 +88,7 @@ export async function putManifest(ctx: Context, deps: RegistryDeps, p: RoutePara
     throw new InvalidError('DIGEST_INVALID', `manifest body has digest ${digest}, not ${ref.digest} as the URL says`, { expected: ref.digest, actual: digest });
   }
   await checkReferences(deps, p.name, parsed, signal);
-  const record = await deps.store.putManifest(
+  const write = () => deps.store.putManifest(
     {
       repository: p.name,
       bytes,
@@ -100,6 +101,8 @@ export async function putManifest(ctx: Context, deps: RegistryDeps, p: RoutePara
     },
     { signal },
   );
+  // Under an immutable prefix, a tag that exists may only be written again with the same manifest.
+  const record = ref.kind === 'tag' ? await guardTagWrite(deps, p.name, ref.tag, digest, write, signal) : await write();
   ctx.set('Location', `/v2/${p.name}/manifests/${record.digest}`);
   ctx.set('Docker-Content-Digest', record.digest);
   if (parsed.subject) ctx.set('OCI-Subject', parsed.subject.digest);

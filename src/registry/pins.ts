@@ -76,7 +76,9 @@ export async function handlePins(ctx: Context, deps: RegistryDeps, rest: string)
   const target = parsePinPath(rest, ctx.query.ns);
   if (!target) {
     if (ctx.method !== 'GET' && ctx.method !== 'HEAD') throw new UnsupportedError(`${ctx.method} is not supported on /shoal/pins; allowed: GET`);
-    ctx.body = { pins: await deps.store.listPins({ signal }) };
+    const { mayAdmin } = ctx.state as RegistryState;
+    const pins = await deps.store.listPins({ signal });
+    ctx.body = { pins: mayAdmin ? pins.filter((p) => mayAdmin(p.repository)) : pins };
     return;
   }
   const { repository } = target;
