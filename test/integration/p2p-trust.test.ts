@@ -686,7 +686,13 @@ describe('slow and dead peers', () => {
       dataDir: await procs.tempDir('shoal-frozen-'),
       args: ['--p2p-listen', '127.0.0.1:0', '--cluster-key', cluster!.clusterKeyFile, '--peer', honest.p2pAddress, '--peer', puller.p2pAddress],
     });
-    const got = await get(`${frozen.url}/v2/trust/frozen/blobs/${digest}`);
+    // It answers 404 until its first peer connection is up (it has no seed): ask until it has the blob.
+    let got = await get(`${frozen.url}/v2/trust/frozen/blobs/${digest}`);
+    for (const deadline = Date.now() + 30_000; got.status !== 200 && Date.now() < deadline; ) {
+      await sleep(250);
+      got = await get(`${frozen.url}/v2/trust/frozen/blobs/${digest}`);
+    }
+    assert.equal(got.status, 200, got.body);
     assert.equal(sha256(got.bytes), digest, 'the holder-to-be got the blob');
     await cluster!.waitHolders(puller, digest, 2);
     frozen.signal('SIGSTOP');
