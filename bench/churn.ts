@@ -21,6 +21,7 @@ import { bytesOnDisk, hasBlobFile, pin, pullImage, statusOf } from '../test/help
 import { scrape } from '../test/helpers/metrics.ts';
 import { pushManifest, pushRandomImage, startDockerRegistry, type PushedImage } from '../test/helpers/seed-registry.ts';
 import { runShoal, ShoalProcesses } from '../test/helpers/spawn-node.ts';
+import { prng } from '../test/helpers/prng.ts';
 
 const seconds = Number(process.env.CHURN_SECONDS ?? 150);
 const quota = parseSize(process.env.CHURN_QUOTA ?? '120M');
@@ -28,17 +29,6 @@ const clients = Number(process.env.CHURN_CLIENTS ?? 3);
 const MB = 1_000_000;
 const maxLayer = Math.min(4 * MB, Math.floor(quota / 20));
 
-/** A small seeded PRNG (mulberry32), so that a run can be repeated with CHURN_SEED. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const mb = (n: number): string => (n / MB).toFixed(1);
 

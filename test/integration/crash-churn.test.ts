@@ -26,6 +26,7 @@ import { blobPath, buildImageLayout, makeTar, type FixtureImage, type TarFile } 
 import { httpClient, type Reply } from '../helpers/http.ts';
 import { runShoal, ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
 import { CRASH_RESIDUE, describeProblems, OCI_MANIFEST, randomImage, sha256 } from '../helpers/store-check.ts';
+import { prng } from '../helpers/prng.ts';
 
 const ROUNDS = 50;
 /** Every this many rounds the node also stops cleanly, for a fsck that must find nothing. */
@@ -34,17 +35,6 @@ const BUNDLES = 3;
 const ACCEPT = [OCI_MANIFEST, 'application/vnd.oci.image.index.v1+json'].join(', ');
 const NODE_ENV = { SHOAL_GC_INTERVAL: '0', SHOAL_GC_GRACE: '3s' };
 
-/** A small seeded PRNG (mulberry32) so that a failing run can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const agent = new Agent({ keepAliveTimeout: 1_000, connections: 32 });
 const http = httpClient(agent, 30_000);

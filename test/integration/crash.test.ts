@@ -19,6 +19,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, request } from 'undici';
 import { ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
 import { httpClient, type Reply } from '../helpers/http.ts';
+import { prng } from '../helpers/prng.ts';
 
 const MiB = 1024 * 1024;
 const ROUNDS = 5;
@@ -26,17 +27,6 @@ const REPO = 'crash/app';
 
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-/** A small seeded PRNG (mulberry32) so that a failing run can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const agent = new Agent({ keepAliveTimeout: 1_000, connections: 16 });
 
