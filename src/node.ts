@@ -13,6 +13,7 @@ import { TokenBucket } from './limits/token-bucket.ts';
 import { parseRate } from './limits/size.ts';
 import { readClusterKey } from './p2p/keys.ts';
 import { PeerService } from './p2p/peer-service.ts';
+import { MDNS_GROUP, multicastRouteProblem } from './p2p/multicast.ts';
 import { PeerContentProvider } from './source/peer-provider.ts';
 import { createLogger } from './logger.ts';
 import { createRegistryApp } from './registry/app.ts';
@@ -33,6 +34,8 @@ const NODE_VERSION = '0.1.0';
 class ConfiguredSeeds implements SeedDirectory {
   private readonly byRegistry = new Map<string, SeedSet>();
   private readonly fallback?: SeedSet;
+  /** Registry hosts of the `seeds` (requests without `?ns=`), e.g. `registry.local:5000`. */
+  private readonly fallbackHosts = new Set<string>();
   readonly clients: SeedClient[] = [];
 
   constructor(config: ShoalConfig, logger: Logger) {
@@ -48,6 +51,8 @@ class ConfiguredSeeds implements SeedDirectory {
     for (const [host, seeds] of Object.entries(config.registries)) {
       if (seeds.length > 0) this.byRegistry.set(host.toLowerCase(), build(host.toLowerCase(), seeds));
     }
+    // `--seed http://R` also serves what containerd asks as `?ns=R` (unless `registries` names R itself).
+    for (const seed of config.seeds) this.fallbackHosts.add(new URL(seed.url).host.toLowerCase());
   }
 
   /** How a stored repository is pulled: `<registry>/<path>` of a configured registry is namespaced by it. */
@@ -55,7 +60,7 @@ class ConfiguredSeeds implements SeedDirectory {
     const slash = repository.indexOf('/');
     if (slash > 0) {
       const first = repository.slice(0, slash);
-      for (const host of this.byRegistry.keys()) {
+      for (const host of [...this.byRegistry.keys(), ...this.fallbackHosts]) {
         if (host.replace(':', '-') === first) return { repository, upstream: repository.slice(slash + 1), namespace: host };
       }
       if (first === 'docker.io') return { repository, upstream: repository.slice(slash + 1), namespace: 'docker.io' };
@@ -65,7 +70,17 @@ class ConfiguredSeeds implements SeedDirectory {
 
   seedsFor(namespace: string | undefined): SeedSet | undefined {
     if (namespace === undefined) return this.fallback;
-    return this.byRegistry.get(namespace) ?? (namespace === 'docker.io' ? this.byRegistry.get('registry-1.docker.io') : undefined);
+    return (
+      this.byRegistry.get(namespace) ??
+      (namespace === 'docker.io' ? this.byRegistry.get('registry-1.docker.io') : undefined) ??
+      (this.fallbackHosts.has(namespace) ? this.fallback : undefined)
+    );
+  }
+
+  /** The seeds' URLs (no credentials) for `GET /shoal/status`: what `shoal containerd-config` infers schemes from. */
+  describe(): { default: string[]; registries: Record<string, string[]> } {
+    const urls = (set?: SeedSet): string[] => set?.seeds.map((s) => s.url) ?? [];
+    return { default: urls(this.fallback), registries: Object.fromEntries([...this.byRegistry].map(([host, set]) => [host, urls(set)])) };
   }
 
   async close(): Promise<void> {
@@ -147,6 +162,16 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       throw err;
     }
     pull.connectNetwork(peers);
+    if (config.mdns) {
+      const problem = await multicastRouteProblem({ signal: opts.signal });
+      if (problem) {
+        logger.warn(
+          { group: MDNS_GROUP, error: problem },
+          'mDNS is on, but this host has no route for multicast: mDNS will neither find peers nor announce this node. ' +
+            'Add one (e.g. ip route add 224.0.0.0/4 dev eth0), or name peers with --peer or --peers-dns',
+        );
+      }
+    }
   }
   const peerService = peers;
   const startedAt = Date.now();
@@ -193,6 +218,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
           store: await store.stats(),
           ...(await lifecycle.status(o)),
           peers: peerService ? { enabled: true, connected: peerService.summary().length } : { enabled: false, connected: 0 },
+          seeds: seeds.describe(),
         }),
         runGc: (o) => lifecycle.runGc(o),
       },

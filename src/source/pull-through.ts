@@ -169,7 +169,9 @@ export class PullThrough {
     }
     if (best) {
       metrics.tagResolutions.inc({ via: 'cache' });
-      logger.warn(
+      // Only a fallback (a seed that did not answer) is worth a warning; a repository without seeds (pushed to
+      // the cluster) resolves its tags here on every pull, by design.
+      logger[seeds ? 'warn' : 'debug'](
         { repository: target.repository, tag, digest: best.digest, from: best.peer ?? 'local', seed: seeds ? 'unreachable' : 'none' },
         seeds ? 'seed unreachable: serving the newest digest of the tag known in the cluster' : 'tag resolved from the cluster',
       );
