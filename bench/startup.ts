@@ -1,7 +1,7 @@
 /**
  * What a node costs before it does any work: the time from `shoal serve` to `/v2/` answering, the resident
  * memory of an idle node, and the latency of a short CLI call. Each is measured for the compiled program
- * (bin/shoal.js running dist/) and, for comparison, for the TypeScript sources run through tsx. The DaemonSet's
+ * (dist/, as bin/shoal.js runs it) and, for comparison, for the TypeScript sources run through tsx. The DaemonSet's
  * requests and limits (deploy/daemonset.yaml) are sized from these numbers. Nothing here asserts.
  *
  *   npm run bench                         # this, then the throughput benchmarks of bench/run.ts
@@ -22,7 +22,7 @@ const idleSeconds = Number(process.env.BENCH_IDLE_S ?? 10);
 
 /** How each variant is started: the compiled program, or the sources through tsx. */
 const VARIANTS = {
-  compiled: [join(root, 'bin/shoal.js')],
+  compiled: [join(root, 'bench/compiled-entry.js')],
   'sources (tsx)': ['--import', 'tsx', join(root, 'bench/source-entry.ts')],
 } as const;
 type Variant = keyof typeof VARIANTS;

@@ -25,6 +25,7 @@ export function buildProgram(): Command {
     .description('run a node: the OCI registry endpoint on this machine')
     .option('--data <dir>', 'data directory (LevelDB and blobs) [default: ./data, env SHOAL_DATA_DIR]')
     .option('--listen <host:port>', 'address of the registry endpoint [default: 127.0.0.1:5000, env SHOAL_LISTEN]')
+    .option('--metrics-listen <host:port>', 'another address for /metrics, /healthz and /readyz only, e.g. 0.0.0.0:5002 [env SHOAL_METRICS_LISTEN]')
     .option('-c, --config <file>', 'YAML or JSON config file')
     .option('--seed <url>', 'seed registry to pull through for requests without ?ns= (repeatable) [env SHOAL_SEEDS, comma-separated]', (v: string, prev: string[] = []) => [...prev, v])
     .addOption(new Option('--log-level <level>', 'log level [default: info]').choices(LOG_LEVELS))

@@ -17,6 +17,7 @@ import { MDNS_GROUP, multicastRouteProblem } from './p2p/multicast.ts';
 import { PeerContentProvider } from './source/peer-provider.ts';
 import { createLogger } from './logger.ts';
 import { createRegistryApp } from './registry/app.ts';
+import { startOpsServer, type OpsServer } from './registry/ops-server.ts';
 import { RegistryMetrics } from './registry/metrics.ts';
 import { openDiskStore, type ContentStore } from './store/index.ts';
 import { ensureRoom } from './store/disk-space.ts';
@@ -248,8 +249,11 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
   });
+  // /metrics, /healthz and /readyz also on `metricsListen` (e.g. the node's address, for Prometheus).
+  let ops: OpsServer | undefined;
   const { host, port } = parseListen(config.listen);
   try {
+    if (config.metricsListen) ops = await startOpsServer(parseListen(config.metricsListen, 'metricsListen'), handle);
     await new Promise<void>((ok, fail) => {
       server.once('error', fail);
       server.listen(port, host, () => {
@@ -258,6 +262,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       });
     });
   } catch (err) {
+    await ops?.close();
     await lifecycle.stop();
     await peerService?.stop();
     await seeds.close();
@@ -267,7 +272,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   const bound = (server.address() as AddressInfo).port;
   const shownHost = host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host;
   const url = `http://${shownHost}:${bound}`;
-  logger.info({ url, listen: `${host}:${bound}`, dataDir }, 'listening');
+  logger.info({ url, listen: `${host}:${bound}`, dataDir, ...(ops ? { metricsUrl: ops.url } : {}) }, 'listening');
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
@@ -286,6 +291,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       // Handlers see their sockets close and finish their store work (commit, roll back or keep the session).
       if (active > 0) await new Promise<void>((ok) => (onIdle = ok));
       await fetchesStopped;
+      await ops?.close();
       await lifecycle.stop();
       await peerService?.stop();
       await seeds.close();
