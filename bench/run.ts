@@ -5,6 +5,7 @@
  *
  *   npm run bench                 # defaults: 256 MiB blob, 3 rounds
  *   BENCH_MIB=64 BENCH_ROUNDS=1 npm run bench
+ *   BENCH_ONLY=startup npm run bench   # only start-up time, idle memory and CLI latency (bench/startup.ts)
  */
 import '../src/polyfill.ts';
 import { createHash, randomBytes } from 'node:crypto';
@@ -16,6 +17,7 @@ import { join } from 'node:path';
 import { startDockerRegistry, freePort } from '../test/helpers/seed-registry.ts';
 import { ShoalProcesses, type ShoalProcess } from '../test/helpers/spawn-node.ts';
 import { writeClusterKey } from '../src/p2p/keys.ts';
+import { startupBench } from './startup.ts';
 
 const MIB = 1024 * 1024;
 const size = Number(process.env.BENCH_MIB ?? 256) * MIB;
@@ -173,4 +175,6 @@ async function main(): Promise<void> {
   if (process.env.BENCH_JSON) await writeFile(process.env.BENCH_JSON, JSON.stringify({ size, rounds, rows: out }, null, 2));
 }
 
-await main();
+// Start-up first, while nothing else of the benchmark runs.
+await startupBench();
+if (process.env.BENCH_ONLY !== 'startup') await main();

@@ -3,7 +3,7 @@ import { ConfigError, LOG_LEVELS } from '../src/config/index.ts';
 import { SIZE_HELP } from '../src/limits/size.ts';
 import { ExitStatus, UsageError } from './errors.ts';
 import type { ServeFlags } from './serve.ts';
-import { containerdConfigCommand } from './containerd-config.ts';
+import { containerdConfigCommand, type ContainerdConfigFlags } from './containerd-config.ts';
 import { BUNDLE_REFUSED_EXIT_CODE, BundleRefusedError } from '../src/bundle/errors.ts';
 import type { ExportFlags } from './export.ts';
 import type { ImportFlags } from './import.ts';
@@ -26,6 +26,7 @@ export function buildProgram(): Command {
     .description('run a node: the OCI registry endpoint on this machine')
     .option('--data <dir>', 'data directory (LevelDB and blobs) [default: ./data, env SHOAL_DATA_DIR]')
     .option('--listen <host:port>', 'address of the registry endpoint [default: 127.0.0.1:5000, env SHOAL_LISTEN]')
+    .option('--metrics-listen <host:port>', 'another address for /metrics, /healthz and /readyz only, e.g. 0.0.0.0:5002 [env SHOAL_METRICS_LISTEN]')
     .option('-c, --config <file>', 'YAML or JSON config file')
     .option('--seed <url>', 'seed registry to pull through for requests without ?ns= (repeatable) [env SHOAL_SEEDS, comma-separated]', (v: string, prev: string[] = []) => [...prev, v])
     .addOption(new Option('--log-level <level>', 'log level [default: info]').choices(LOG_LEVELS))
@@ -83,8 +84,11 @@ export function buildProgram(): Command {
     .requiredOption('--out <dir>', "containerd's hosts dir, e.g. /etc/containerd/certs.d")
     .option('--all', 'also write _default/hosts.toml, for every other registry')
     .option('--dial-timeout <duration>', 'how long containerd waits for the node before going to the registry itself', '1s')
-    .option('--restore', 'put back the files that were there before and remove the ones Shoal wrote')
-    .action(async (opts: { registry?: string[]; mirror?: string; out: string; all?: boolean; restore?: boolean; dialTimeout?: string }) => {
+    .option('--restore', 'put back the files that were there before and remove the ones Shoal wrote (all of them when no registry is named)')
+    .option('-c, --config <file>', "the node's config file: every registry it has seeds for gets a hosts.toml, with the scheme its seeds use")
+    .option('--seed <url>', 'a seed of the node, as for serve (repeatable): its registry gets a hosts.toml with its scheme', (v: string, prev: string[] = []) => [...prev, v])
+    .addHelpText('after', '\nA registry given without its URL gets the scheme its seeds on the node use (from --config, --seed, or the running --mirror node); when none says, https, with a warning.')
+    .action(async (opts: ContainerdConfigFlags) => {
       await containerdConfigCommand(opts);
     });
   addBundleCommands(program);

@@ -4,6 +4,7 @@ import { startNode } from '../src/node.ts';
 export interface ServeFlags {
   data?: string;
   listen?: string;
+  metricsListen?: string;
   config?: string;
   logLevel?: string;
   seed?: string[];
@@ -39,6 +40,7 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
     flags: {
       dataDir: flags.data,
       listen: flags.listen,
+      metricsListen: flags.metricsListen,
       logLevel: flags.logLevel as LogLevel | undefined,
       seeds: flags.seed,
       p2pListen: flags.p2pListen,

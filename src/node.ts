@@ -13,9 +13,11 @@ import { TokenBucket } from './limits/token-bucket.ts';
 import { parseRate } from './limits/size.ts';
 import { readClusterKey } from './p2p/keys.ts';
 import { PeerService } from './p2p/peer-service.ts';
+import { MDNS_GROUP, multicastRouteProblem } from './p2p/multicast.ts';
 import { PeerContentProvider } from './source/peer-provider.ts';
 import { createLogger } from './logger.ts';
 import { createRegistryApp } from './registry/app.ts';
+import { startOpsServer, type OpsServer } from './registry/ops-server.ts';
 import { RegistryMetrics } from './registry/metrics.ts';
 import { openDiskStore, type ContentStore } from './store/index.ts';
 import { ensureRoom } from './store/disk-space.ts';
@@ -32,6 +34,8 @@ const NODE_VERSION = '0.1.0';
 class ConfiguredSeeds implements SeedDirectory {
   private readonly byRegistry = new Map<string, SeedSet>();
   private readonly fallback?: SeedSet;
+  /** Registry hosts of the `seeds` (requests without `?ns=`), e.g. `registry.local:5000`. */
+  private readonly fallbackHosts = new Set<string>();
   readonly clients: SeedClient[] = [];
 
   constructor(config: ShoalConfig, logger: Logger) {
@@ -47,11 +51,23 @@ class ConfiguredSeeds implements SeedDirectory {
     for (const [host, seeds] of Object.entries(config.registries)) {
       if (seeds.length > 0) this.byRegistry.set(host.toLowerCase(), build(host.toLowerCase(), seeds));
     }
+    // `--seed http://R` also serves what containerd asks as `?ns=R` (unless `registries` names R itself).
+    for (const seed of config.seeds) this.fallbackHosts.add(new URL(seed.url).host.toLowerCase());
   }
 
   seedsFor(namespace: string | undefined): SeedSet | undefined {
     if (namespace === undefined) return this.fallback;
-    return this.byRegistry.get(namespace) ?? (namespace === 'docker.io' ? this.byRegistry.get('registry-1.docker.io') : undefined);
+    return (
+      this.byRegistry.get(namespace) ??
+      (namespace === 'docker.io' ? this.byRegistry.get('registry-1.docker.io') : undefined) ??
+      (this.fallbackHosts.has(namespace) ? this.fallback : undefined)
+    );
+  }
+
+  /** The seeds' URLs (no credentials) for `GET /shoal/status`: what `shoal containerd-config` infers schemes from. */
+  describe(): { default: string[]; registries: Record<string, string[]> } {
+    const urls = (set?: SeedSet): string[] => set?.seeds.map((s) => s.url) ?? [];
+    return { default: urls(this.fallback), registries: Object.fromEntries([...this.byRegistry].map(([host, set]) => [host, urls(set)])) };
   }
 
   async close(): Promise<void> {
@@ -138,6 +154,16 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       throw err;
     }
     pull.connectNetwork(peers);
+    if (config.mdns) {
+      const problem = await multicastRouteProblem({ signal: opts.signal });
+      if (problem) {
+        logger.warn(
+          { group: MDNS_GROUP, error: problem },
+          'mDNS is on, but this host has no route for multicast: mDNS will neither find peers nor announce this node. ' +
+            'Add one (e.g. ip route add 224.0.0.0/4 dev eth0), or name peers with --peer or --peers-dns',
+        );
+      }
+    }
   }
   const peerService = peers;
   const startedAt = Date.now();
@@ -185,6 +211,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
           store: await store.stats(),
           ...(await lifecycle.status(o)),
           peers: peerService ? { enabled: true, connected: peerService.summary().length } : { enabled: false, connected: 0 },
+          seeds: seeds.describe(),
         }),
         runGc: (o) => lifecycle.runGc(o),
       },
@@ -217,8 +244,11 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
   });
+  // /metrics, /healthz and /readyz also on `metricsListen` (e.g. the node's address, for Prometheus).
+  let ops: OpsServer | undefined;
   const { host, port } = parseListen(config.listen);
   try {
+    if (config.metricsListen) ops = await startOpsServer(parseListen(config.metricsListen, 'metricsListen'), handle);
     await new Promise<void>((ok, fail) => {
       server.once('error', fail);
       server.listen(port, host, () => {
@@ -229,6 +259,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   } catch (err) {
     await tls?.close();
     await access.close();
+    await ops?.close();
     await lifecycle.stop();
     await peerService?.stop();
     await seeds.close();
@@ -242,7 +273,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     if (!access.authEnabled) logger.warn({ listen: config.listen, anonymous: config.anonymous }, 'listening beyond loopback without users: pulls are open, and push, delete and admin calls are refused to other hosts unless anonymous allows them');
     else if (!tls) logger.warn({ listen: config.listen }, 'listening beyond loopback without TLS: passwords and tokens cross the network in clear; give --tls-cert and --tls-key');
   }
-  logger.info({ url, listen: `${host}:${bound}`, dataDir, tls: tls?.summary, auth: access.authEnabled }, 'listening');
+  logger.info({ url, listen: `${host}:${bound}`, dataDir, tls: tls?.summary, auth: access.authEnabled, ...(ops ? { metricsUrl: ops.url } : {}) }, 'listening');
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
@@ -264,6 +295,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       await tls?.close();
       // Queued audit entries are written; queued webhook events are dropped (and logged).
       await access.close();
+      await ops?.close();
       await lifecycle.stop();
       await peerService?.stop();
       await seeds.close();

@@ -106,9 +106,9 @@ export interface Inventory {
   created: string;
   /** Where it was taken: `node http://...` or `store /var/lib/shoal`. */
   source: string;
-  /** Tagged images found, `repository:tag` -> digest (for people reading the file). */
+  /** Images found, `repository:tag` -> digest, untagged ones as `repository@digest` (for people reading the file). */
   images: Record<string, string>;
-  /** Every config and layer blob (manifests are always carried, so they are not listed). */
+  /** Every config and layer blob held (manifests are always carried, so they are not listed). */
   blobs: InventoryBlob[];
 }
 

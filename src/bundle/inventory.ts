@@ -1,11 +1,12 @@
 /**
  * `shoal inventory`: what a site already has, as a small JSON file of blob digests, so that the connected
- * side can export only what is missing (`shoal export --have FILE`). Walks every tagged image of a node
- * (running, through its API; or stopped, through its store): manifests, their children, their referrers,
- * and the configs and layers they name.
+ * side can export only what is missing (`shoal export --have FILE`). Lists everything a node holds (running,
+ * through its API; or stopped, through its store): every image, tagged or not (an image pulled by digest has
+ * no tag), with its children and referrers, and every stored blob. A registry that is not a Shoal node lists
+ * only its tagged images and the configs and layers they name.
  */
 import { rename, writeFile } from 'node:fs/promises';
-import { Digest, MediaType, parseDescriptor, parseManifest, type Descriptor } from '../oci/index.ts';
+import { Digest, MediaType, isIndexType, parseDescriptor, parseManifest, type Descriptor } from '../oci/index.ts';
 import type { ContentStore, IoOptions } from '../store/index.ts';
 import { MANIFEST_ACCEPT } from '../upstream/index.ts';
 import { INVENTORY_MEDIA_TYPE, type Inventory, type InventoryBlob } from './format.ts';
@@ -18,7 +19,15 @@ export interface InventorySource {
   /** A manifest by tag or digest, or undefined when it is not there. */
   getManifest(repository: string, reference: string, opts?: IoOptions): Promise<{ digest: string; mediaType: string; bytes: Buffer } | undefined>;
   listReferrers(repository: string, digest: string, opts?: IoOptions): Promise<Descriptor[]>;
+  /** Everything held, tagged or not, when the source can tell (a Shoal node); undefined otherwise. */
+  listHeld?(opts?: IoOptions): Promise<HeldContent | undefined>;
   close(): Promise<void>;
+}
+
+/** Every manifest (in its repository) and every stored blob (manifest bytes included) of a node. */
+export interface HeldContent {
+  manifests: Array<{ repository: string; digest: string; mediaType: string }>;
+  blobs: Array<{ digest: string; size: number }>;
 }
 
 /** The store of a stopped node. */
@@ -46,6 +55,10 @@ export class StoreInventorySource implements InventorySource {
   }
   async listReferrers(repository: string, digest: string, opts: IoOptions = {}): Promise<Descriptor[]> {
     return (await this.store.listReferrers(repository, digest, opts)).map((r) => ({ ...r }));
+  }
+  async listHeld(opts: IoOptions = {}): Promise<HeldContent> {
+    const [manifests, blobs] = await Promise.all([this.store.listManifests(opts), this.store.listContent(opts)]);
+    return { manifests: manifests.map((m) => ({ repository: m.repository, digest: m.digest, mediaType: m.mediaType })), blobs };
   }
   async close(): Promise<void> {
     await this.store.close();
@@ -97,16 +110,46 @@ export class RegistryInventorySource implements InventorySource {
     const json = JSON.parse(answer.body.toString('utf8')) as { manifests?: unknown[] };
     return (json.manifests ?? []).map((m, i) => parseDescriptor(m, `referrers[${i}]`));
   }
+  /** A Shoal node's `GET /shoal/content`; undefined from a registry without it. */
+  async listHeld(opts: IoOptions = {}): Promise<HeldContent | undefined> {
+    const answer = await this.http.send({ method: 'GET', path: '/shoal/content', signal: opts.signal });
+    if (answer.status !== 200) return undefined;
+    let body: { manifests?: unknown; blobs?: unknown };
+    try {
+      body = JSON.parse(answer.body.toString('utf8')) as { manifests?: unknown; blobs?: unknown };
+    } catch {
+      return undefined;
+    }
+    if (!Array.isArray(body.manifests) || !Array.isArray(body.blobs)) return undefined;
+    const isDigest = (d: unknown): d is string => typeof d === 'string' && Digest.isValid(d);
+    return {
+      manifests: body.manifests.filter(
+        (m): m is HeldContent['manifests'][number] => typeof m?.repository === 'string' && isDigest(m?.digest) && typeof m?.mediaType === 'string',
+      ),
+      blobs: body.blobs.filter((b): b is HeldContent['blobs'][number] => isDigest(b?.digest) && Number.isSafeInteger(b?.size) && b.size >= 0),
+    };
+  }
   async close(): Promise<void> {
     await this.http.close();
   }
 }
 
-/** Every config and layer blob of every tagged image (and its referrers) that `source` holds. */
+/**
+ * What `source` holds: every image (by tag, and untagged ones by digest) with its children and referrers, and
+ * every stored config and layer blob. From a source that cannot list what it holds, the tagged images and the
+ * blobs they name.
+ */
 export async function takeInventory(source: InventorySource, opts: IoOptions & { now?: () => Date } = {}): Promise<Inventory> {
   const blobs = new Map<string, number>();
   const images: Record<string, string> = {};
-  for (const repository of (await source.listRepositories(opts)).sort()) {
+  const held = await source.listHeld?.(opts);
+  // Indexes first, so that the platform manifests of an untagged index count as its children, not as images.
+  const untagged = new Map<string, string[]>();
+  for (const m of [...(held?.manifests ?? [])].sort((a, b) => Number(isIndexType(b.mediaType)) - Number(isIndexType(a.mediaType)) || (a.digest < b.digest ? -1 : 1))) {
+    untagged.set(m.repository, [...(untagged.get(m.repository) ?? []), m.digest]);
+  }
+  const repositories = new Set([...(await source.listRepositories(opts)), ...untagged.keys()]);
+  for (const repository of [...repositories].sort()) {
     const seen = new Set<string>();
     const walk = async (reference: string, depth: number): Promise<string | undefined> => {
       const m = await source.getManifest(repository, reference, opts);
@@ -127,6 +170,17 @@ export async function takeInventory(source: InventorySource, opts: IoOptions & {
       const digest = await walk(tag, 0);
       if (digest) images[`${repository}:${tag}`] = digest;
     }
+    for (const digest of untagged.get(repository) ?? []) {
+      if (seen.has(digest)) continue;
+      if (await walk(digest, 0)) images[`${repository}@${digest}`] = digest;
+    }
+  }
+  if (held) {
+    // What the node holds is the truth: a layer an image names may have been evicted, an image pulled by
+    // digest or a blob pushed alone are held all the same. Manifest bytes are not blobs of the inventory.
+    const manifestDigests = new Set(held.manifests.map((m) => m.digest));
+    blobs.clear();
+    for (const b of held.blobs) if (!manifestDigests.has(b.digest)) blobs.set(b.digest, b.size);
   }
   const list: InventoryBlob[] = [...blobs].map(([digest, size]) => ({ digest, size })).sort((a, b) => (a.digest < b.digest ? -1 : 1));
   return {

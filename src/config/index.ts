@@ -26,6 +26,8 @@ export interface ShoalConfig {
   dataDir: string;
   /** HOST:PORT of the registry endpoint. */
   listen: string;
+  /** HOST:PORT that also serves /metrics, /healthz and /readyz (e.g. for Prometheus); empty: none. */
+  metricsListen: string;
   logLevel: LogLevel;
   /** Largest manifest accepted on PUT, in bytes (the spec asks for at least 4 MiB). */
   maxManifestBytes: number;
@@ -114,6 +116,7 @@ export function defaultConfig(): ShoalConfig {
   return {
     dataDir: './data',
     listen: '127.0.0.1:5000',
+    metricsListen: '',
     logLevel: 'info',
     maxManifestBytes: 4 * 1024 * 1024,
     deleteEnabled: true,
@@ -180,6 +183,7 @@ export function parseListen(value: string, setting = 'listen'): ListenAddress {
 const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' | 'boolean' | 'seeds' | 'registries' | 'retention' | 'grants' | 'webhooks' | 'prefixes'> = {
   dataDir: 'string',
   listen: 'string',
+  metricsListen: 'optional',
   logLevel: 'string',
   maxManifestBytes: 'number',
   deleteEnabled: 'boolean',
@@ -399,6 +403,7 @@ function apply(target: ShoalConfig, source: Record<string, unknown>, origin: str
 
 export function validateConfig(config: ShoalConfig): ShoalConfig {
   parseListen(config.listen);
+  if (config.metricsListen) parseListen(config.metricsListen, 'metricsListen');
   if (!(LOG_LEVELS as readonly string[]).includes(config.logLevel)) {
     throw new ConfigError(`logLevel: ${JSON.stringify(config.logLevel)} is not one of ${LOG_LEVELS.join(', ')}`);
   }

@@ -1,4 +1,4 @@
-import { mkdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ConfigError } from '../config/index.ts';
 import { isValidRegistryHost } from '../oci/index.ts';
@@ -55,6 +55,80 @@ export function parseRegistryTarget(value: string): RegistryTarget {
   return { host, server };
 }
 
+/** The URLs of a node's seeds (no credentials), as `GET /shoal/status` reports them under `seeds`. */
+export interface NodeSeeds {
+  /** Seeds for requests without `?ns=` (`--seed`). */
+  default: string[];
+  /** Seeds by registry host (`registries`). */
+  registries: Record<string, string[]>;
+}
+
+/** The seeds a node configuration names. */
+export function nodeSeedsOf(config: { seeds: Array<{ url: string }>; registries: Record<string, Array<{ url: string }>> }): NodeSeeds {
+  return {
+    default: config.seeds.map((s) => s.url),
+    registries: Object.fromEntries(Object.entries(config.registries).map(([host, seeds]) => [host.toLowerCase(), seeds.map((s) => s.url)])),
+  };
+}
+
+/**
+ * The registry's own endpoint as the node's seeds show it: the origin of a seed URL whose host is the registry
+ * (e.g. `--seed http://registry.local:5000` for `registry.local:5000`); else, when every seed configured for the
+ * registry uses one scheme, that scheme with the registry's host. Undefined when the seeds do not tell.
+ */
+export function serverFromSeeds(host: string, seeds: NodeSeeds): string | undefined {
+  const own = seeds.registries[host] ?? [];
+  for (const url of [...own, ...seeds.default]) {
+    const u = new URL(url);
+    if (u.host.toLowerCase() === host) return u.origin;
+  }
+  const schemes = new Set(own.map((url) => new URL(url).protocol));
+  if (schemes.size === 1) return `${[...schemes][0]}//${host}`;
+  return undefined;
+}
+
+/**
+ * Fills in the `server` of targets given without a URL from the node's seeds. Returns a warning for each whose
+ * scheme stays unknown (it keeps `https://HOST`). docker.io is known and never warned about.
+ */
+export function inferServers(targets: Array<RegistryTarget & { given?: boolean }>, seeds: NodeSeeds | undefined, seedsFrom: string): string[] {
+  const warnings: string[] = [];
+  for (const t of targets) {
+    if (t.given || t.host === '_default' || t.host === 'docker.io') continue;
+    const server = seeds ? serverFromSeeds(t.host, seeds) : undefined;
+    if (server) t.server = server;
+    else {
+      warnings.push(
+        `registry ${t.host}: ${seeds ? `no seed in ${seedsFrom} names it` : `the node's seeds are unknown (${seedsFrom})`}, so its scheme is a guess: ` +
+          `wrote server = "${t.server}". If ${t.host} serves plain HTTP, run again with --registry ${t.host}=http://${t.host}`,
+      );
+    }
+  }
+  return warnings;
+}
+
+/** The seeds of a running node, from its `GET /shoal/status` (undefined when it does not answer in time). */
+export async function fetchNodeSeeds(nodeUrl: string, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<NodeSeeds | undefined> {
+  const timeout = AbortSignal.timeout(opts.timeoutMs ?? 2_000);
+  try {
+    const res = await fetch(new URL('/shoal/status', nodeUrl), { signal: opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout });
+    if (res.status !== 200) {
+      await res.body?.cancel();
+      return undefined;
+    }
+    const body = (await res.json()) as { seeds?: { default?: unknown; registries?: unknown } };
+    const seeds = body.seeds;
+    if (!seeds || !Array.isArray(seeds.default) || typeof seeds.registries !== 'object' || seeds.registries === null) return undefined;
+    const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string' && URL.canParse(x)) : []);
+    return {
+      default: strings(seeds.default),
+      registries: Object.fromEntries(Object.entries(seeds.registries as Record<string, unknown>).map(([h, v]) => [h.toLowerCase(), strings(v)])),
+    };
+  } catch {
+    return undefined;
+  }
+}
+
 function quote(s: string): string {
   return JSON.stringify(s);
 }
@@ -108,6 +182,23 @@ export async function writeHostsConfig(opts: HostsConfigOptions): Promise<Writte
 export interface RestoredFile {
   path: string;
   action: 'restored' | 'removed' | 'untouched';
+}
+
+/** Every host directory under `dir` holding a hosts.toml Shoal wrote, or a backup Shoal made. */
+export async function hostsWritten(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true }).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return [];
+    throw err;
+  });
+  const hosts: string[] = [];
+  for (const e of entries) {
+    if (!e.isDirectory()) continue;
+    const path = join(dir, e.name, 'hosts.toml');
+    const current = await readFile(path, 'utf8').catch(() => undefined);
+    const backup = await readFile(path + BACKUP_SUFFIX).catch(() => undefined);
+    if (backup !== undefined || current?.startsWith(GENERATED_MARK)) hosts.push(e.name);
+  }
+  return hosts.sort();
 }
 
 /** Undoes writeHostsConfig: puts backups back, removes files Shoal wrote, leaves foreign files alone. */

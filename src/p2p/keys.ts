@@ -28,7 +28,12 @@ export async function loadOrCreateIdentity(path: string): Promise<PrivateKey> {
 
 const PSK_HEADER = '/key/swarm/psk/1.0.0/';
 
-/** Reads a cluster key file (libp2p private-network format: header, `/base16/`, 64 hex characters): 32 bytes. */
+/**
+ * Reads a cluster key file: 32 bytes. Two forms are accepted, both as `shoal cluster-key` and libp2p write
+ * them and as people paste them: the private-network format (three lines: `/key/swarm/psk/1.0.0/`, `/base16/`,
+ * 64 hex characters), or the 64 hex characters alone (e.g. a Secret made with `kubectl create secret generic
+ * --from-literal=cluster.key=<hex>`).
+ */
 export async function readClusterKey(path: string): Promise<Uint8Array> {
   let text: string;
   try {
@@ -36,11 +41,23 @@ export async function readClusterKey(path: string): Promise<Uint8Array> {
   } catch (err) {
     throw new Error(`cannot read the cluster key ${path}: ${(err as Error).message}`);
   }
-  const lines = text.trim().split(/\r?\n/).map((l) => l.trim());
-  if (lines.length !== 3 || lines[0] !== PSK_HEADER || lines[1] !== '/base16/' || !/^[0-9a-fA-F]{64}$/.test(lines[2]!)) {
-    throw new Error(`cluster key ${path} is not a private-network key; create one with: shoal cluster-key --out ${path}`);
+  const key = parseClusterKey(text);
+  if (!key) {
+    throw new Error(
+      `cluster key ${path} is neither a private-network key (three lines: ${PSK_HEADER}, /base16/, 64 hex characters) nor 64 hex characters; ` +
+        `create one with: shoal cluster-key --out ${path}`,
+    );
   }
-  return Buffer.from(lines[2]!, 'hex');
+  return key;
+}
+
+/** The 32 key bytes of a cluster key file's text (either form), or undefined when it is neither. */
+export function parseClusterKey(text: string): Uint8Array | undefined {
+  const lines = text.trim().split(/\r?\n/).map((l) => l.trim());
+  const HEX = /^[0-9a-fA-F]{64}$/;
+  if (lines.length === 3 && lines[0] === PSK_HEADER && lines[1] === '/base16/' && HEX.test(lines[2]!)) return Buffer.from(lines[2]!, 'hex');
+  if (lines.length === 1 && HEX.test(lines[0]!)) return Buffer.from(lines[0]!, 'hex');
+  return undefined;
 }
 
 /** Writes a new random cluster key; every node of a cluster needs the same file. */

@@ -36,6 +36,17 @@ function toShoalError(err: unknown, ctx: Context): ShoalError {
   return new ShoalError('INTERNAL', 'internal error; see the node log for details');
 }
 
+/**
+ * A seed's refusal of the node's own credentials is not the client's to fix: a 401 would ask the client to
+ * authenticate to the node (and needs a WWW-Authenticate challenge the node has none to give). It goes out as
+ * 403 DENIED with the seed's words, which name the seed credentials to fix in the node's configuration.
+ */
+function asClientError(err: ShoalError): ShoalError {
+  const seed = (err.detail as { seed?: unknown } | undefined)?.seed;
+  if (err.code !== 'UNAUTHORIZED' || typeof seed !== 'string') return err;
+  return new ShoalError('DENIED', err.message, err.detail, err.headers);
+}
+
 /** A request failed on a full disk: count it, say it in the log, and tell whoever frees space. */
 function reportStorageFull(deps: RegistryDeps, ctx: Context, err: unknown, shoal: ShoalError): void {
   const route = (ctx.state as RegistryState).route;
@@ -54,7 +65,7 @@ function errorMiddleware(deps: RegistryDeps) {
     try {
       await next();
     } catch (err) {
-      const shoal = toShoalError(err, ctx);
+      const shoal = asClientError(toShoalError(err, ctx));
       if (shoal.code === 'INTERNAL') deps.logger.error({ err, method: ctx.method, path: ctx.path }, 'request failed');
       if (shoal.code === 'STORAGE_FULL') reportStorageFull(deps, ctx, err, shoal);
       // A body not read to its end: drain what is still readable, and close the connection after the answer.
@@ -179,8 +190,8 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
       ctx.body = deps.peerStatus ? deps.peerStatus() : { enabled: false, peers: [] };
       return;
     }
-    if (ctx.path === '/shoal/status' || ctx.path === '/shoal/gc') {
-      state.route = ctx.path === '/shoal/gc' ? 'gc' : 'status';
+    if (ctx.path === '/shoal/status' || ctx.path === '/shoal/gc' || ctx.path === '/shoal/content') {
+      state.route = ctx.path.slice('/shoal/'.length);
       await handleAdmin(ctx, deps);
       return;
     }

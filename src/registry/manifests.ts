@@ -26,10 +26,24 @@ export function parseManifestReference(reference: string): ParsedReference {
   return { kind: 'tag', tag: validateTag(reference) };
 }
 
+/**
+ * The reference of a GET or HEAD: a reference that is not a valid tag (and has no colon, so it is no digest
+ * either, e.g. `.INVALID_MANIFEST_NAME`) names no manifest: MANIFEST_UNKNOWN (404), as the OCI conformance
+ * suite expects. A PUT of one stays 400 TAG_INVALID; a malformed digest stays 400 DIGEST_INVALID.
+ */
+function readableReference(p: RouteParams): ParsedReference {
+  try {
+    return parseManifestReference(p.reference!);
+  } catch (err) {
+    if (!(err instanceof InvalidError) || err.code !== 'TAG_INVALID') throw err;
+    throw new NotFoundError('MANIFEST_UNKNOWN', `manifest ${p.reference!.slice(0, 200)} is not in repository ${p.name}: ${err.message}`, { name: p.name, reference: p.reference!.slice(0, 200) });
+  }
+}
+
 /** GET and HEAD /v2/<name>/manifests/<reference>. */
 export async function getManifest(ctx: Context, deps: RegistryDeps, p: RouteParams): Promise<void> {
   const { signal } = ctx.state as RegistryState;
-  const ref = parseManifestReference(p.reference!);
+  const ref = readableReference(p);
   const target = { repository: p.name, upstream: p.upstream, namespace: p.namespace };
   await deps.pull.requireRepository(target, { signal });
   const record = await deps.pull.manifest(target, ref, { signal });

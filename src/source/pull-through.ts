@@ -192,7 +192,9 @@ export class PullThrough {
     }
     if (best) {
       metrics.tagResolutions.inc({ via: best.peer ? 'peer' : 'cache' });
-      logger.warn(
+      // Only a fallback (a seed that did not answer) is worth a warning; a repository without seeds (pushed to
+      // the cluster) resolves its tags here on every pull, by design.
+      logger[seeds ? 'warn' : 'debug'](
         { repository: target.repository, tag, digest: best.digest, from: best.peer ? `peer ${best.peer}` : 'this node', updated: new Date(best.updated).toISOString(), seed: seeds ? 'unreachable' : 'none' },
         best.peer
           ? `${seeds ? 'seed unreachable: ' : ''}tag resolved from a peer's record`

@@ -235,8 +235,13 @@ add({
 });
 
 // ---- tags ------------------------------------------------------------------------------------
-add({ name: 'manifest GET by tag -bad -> 400 TAG_INVALID', run: () => get(`/v2/${REPO}/manifests/-bad`), expect: E(400, 'TAG_INVALID') });
-add({ name: 'manifest GET by tag .bad -> 400 TAG_INVALID', run: () => get(`/v2/${REPO}/manifests/.bad`), expect: E(400, 'TAG_INVALID') });
+// A GET or HEAD of a reference that is neither a valid tag nor a digest names no manifest: 404, as the OCI
+// conformance suite (v1.1.1) expects for `.INVALID_MANIFEST_NAME`. Writes of one stay 400.
+add({ name: 'manifest GET by tag -bad -> 404 MANIFEST_UNKNOWN', run: () => get(`/v2/${REPO}/manifests/-bad`), expect: E(404, 'MANIFEST_UNKNOWN') });
+add({ name: 'manifest GET by tag .bad -> 404 MANIFEST_UNKNOWN', run: () => get(`/v2/${REPO}/manifests/.bad`), expect: E(404, 'MANIFEST_UNKNOWN') });
+add({ name: 'manifest GET by .INVALID_MANIFEST_NAME -> 404 MANIFEST_UNKNOWN', run: () => get(`/v2/${REPO}/manifests/.INVALID_MANIFEST_NAME`), expect: E(404, 'MANIFEST_UNKNOWN') });
+add({ name: 'manifest HEAD by .INVALID_MANIFEST_NAME -> 404', run: () => send({ method: 'HEAD', path: `/v2/${REPO}/manifests/.INVALID_MANIFEST_NAME` }), expect: E(404) });
+add({ name: 'manifest PUT by .INVALID_MANIFEST_NAME -> 400 TAG_INVALID', run: () => putManifestRaw(manifest(), { ref: '.INVALID_MANIFEST_NAME' }), expect: E(400, 'TAG_INVALID') });
 add({ name: 'manifest PUT by a 129-character tag -> 400 TAG_INVALID', run: () => putManifestRaw(manifest(), { ref: 'a'.repeat(129) }), expect: E(400, 'TAG_INVALID') });
 add({ name: 'manifest PUT by tag -bad -> 400 TAG_INVALID', run: () => putManifestRaw(manifest(), { ref: '-bad' }), expect: E(400, 'TAG_INVALID') });
 add({ name: 'manifest PUT by tag with an escaped space -> 400 TAG_INVALID', run: () => putManifestRaw(manifest(), { ref: 'a%20b' }), expect: E(400, 'TAG_INVALID') });
