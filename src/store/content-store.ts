@@ -4,7 +4,8 @@ import { mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { AbortedError, ChunkHasher, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, UnsupportedError, diskFullCode, type ChunkMap } from '../oci/index.ts';
 import { DiskBlobBytes, MemoryBlobBytes, type BlobBytes } from './bytes.ts';
-import { keyParts, keys, lastPart, SCHEMA_VERSION } from './keys.ts';
+import { keyParts, keys, lastPart } from './keys.ts';
+import { migrateStore } from './migrations.ts';
 import { LevelKeyValueStore, MemoryKeyValueStore, type KeyValueStore, type KvOp } from './kv.ts';
 import { KeyedMutex } from './lock.ts';
 import { crashPoint } from './crash-points.ts';
@@ -84,14 +85,15 @@ export class KvContentStore implements ContentStore {
     this.bytes = bytes;
   }
 
-  async open(opts: IoOptions = {}): Promise<void> {
+  async open(opts: IoOptions & { location?: string } = {}): Promise<void> {
     await this.kv.open();
     await this.bytes.init(opts);
-    const schema = await this.kv.get<string>(keys.schema());
-    if (schema === undefined) await this.kv.batch([{ type: 'put', key: keys.schema(), value: SCHEMA_VERSION }]);
-    else if (schema !== SCHEMA_VERSION) {
+    // The format version: a new store gets the current one, an older one is migrated in place (src/store/migrations.ts).
+    try {
+      await migrateStore(this.kv, opts.location ?? 'this data directory', opts);
+    } catch (err) {
       await this.kv.close();
-      throw new ShoalError('INTERNAL', `store schema version ${schema} is not supported by this Shoal (expects ${SCHEMA_VERSION})`);
+      throw err;
     }
     await this.recover(opts);
     this.opened = true;
@@ -862,7 +864,7 @@ export class KvContentStore implements ContentStore {
 export async function openDiskStore(dir: string, opts: IoOptions = {}): Promise<KvContentStore> {
   await mkdir(dir, { recursive: true });
   const store = new KvContentStore(new LevelKeyValueStore(join(dir, 'db')), new DiskBlobBytes(dir));
-  await store.open(opts);
+  await store.open({ ...opts, location: dir });
   return store;
 }
 

@@ -132,6 +132,19 @@ describe('a seed that refuses the node\'s credentials', { concurrency: 1 }, () =
   });
 });
 
+describe("GET /shoal/status names the node's seeds (what containerd-config takes schemes from)", () => {
+  it('by URL, without credentials', async () => {
+    const node = await startTestNode({ config: { seeds: [{ url: 'http://127.0.0.1:1' }], registries: { 'r.example': [{ url: 'https://r.example:8443', username: 'bob', password: 'secret' }] } } });
+    try {
+      const res = await request(node.url, 'GET', '/shoal/status');
+      assert.deepEqual(res.json<{ seeds: unknown }>().seeds, { default: ['http://127.0.0.1:1'], registries: { 'r.example': ['https://r.example:8443'] } });
+      assert.doesNotMatch(res.text(), /secret|bob/);
+    } finally {
+      await node.stop();
+    }
+  });
+});
+
 describe('shoal inventory --node lists everything the node holds', { concurrency: 1 }, () => {
   let node: TestNode | undefined;
   let work = '';
