@@ -1,6 +1,6 @@
 import { formatBytes, openNodeStore } from '../src/bundle/index.ts';
 import { loadConfig, lifecycleSettings } from '../src/config/index.ts';
-import { collectGarbageInStore } from '../src/life/offline.ts';
+import { collectGarbage } from '../src/life/gc.ts';
 import type { GcReport } from '../src/life/gc.ts';
 import { fsckDataDir, FsckRefusedError, type FsckReport } from '../src/store/index.ts';
 import { UsageError } from './errors.ts';
@@ -57,12 +57,12 @@ export async function gcCommand(flags: { node?: string; data?: string; dryRun?: 
   const config = await loadConfig({ file: flags.config ?? process.env.SHOAL_CONFIG, env: process.env });
   const settings = lifecycleSettings(config);
   const store = await openNodeStore(flags.data!, { create: false });
-  const report = await collectGarbageInStore(store, {
-    graceMs: settings.gcGraceMs,
-    uploadTimeoutMs: settings.uploadTimeoutMs,
-    retention: config.retention,
-    dryRun: flags.dryRun,
-  });
+  let report: GcReport;
+  try {
+    report = await collectGarbage(store, { graceMs: settings.gcGraceMs, uploadTimeoutMs: settings.uploadTimeoutMs, retention: config.retention, dryRun: flags.dryRun });
+  } finally {
+    await store.close();
+  }
   printGc(report, flags.json);
 }
 

@@ -100,6 +100,9 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   const logger = opts.logger ?? createLogger(config.logLevel);
   const dataDir = resolve(config.dataDir);
   const store = await openDiskStore(dataDir, { signal: opts.signal });
+  if (store.recovered.orphanFiles > 0 || store.recovered.lostRecords > 0) {
+    logger.warn({ ...store.recovered, dataDir }, 'start-up recovery: deleted files no record names (writes a crash cut short) and dropped records whose files were missing');
+  }
   const metricsRegistry = new Registry();
   const metrics = new RegistryMetrics(metricsRegistry, () => store.stats());
   const pullMetrics = new PullMetrics(metricsRegistry);

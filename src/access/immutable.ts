@@ -52,22 +52,5 @@ export function protectImmutableTags<T extends RetentionRuleLike>(rules: readonl
   return out;
 }
 
-/** Runs functions one at a time per key (a tag check and its write), without blocking other keys. */
-export class KeyedLock {
-  private readonly tails = new Map<string, Promise<void>>();
-
-  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
-    const before = this.tails.get(key) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((ok) => (release = ok));
-    const tail = before.then(() => mine);
-    this.tails.set(key, tail);
-    await before;
-    try {
-      return await fn();
-    } finally {
-      release();
-      if (this.tails.get(key) === tail) this.tails.delete(key);
-    }
-  }
-}
+/** One tag check and its write at a time per key (the same per-key lock the store uses). */
+export { KeyedMutex as KeyedLock } from '../oci/index.ts';

@@ -6,3 +6,4 @@ export * from './manifest.ts';
 export * from './reference.ts';
 export * from './chunks.ts';
 export * from './io.ts';
+export * from './keyed-mutex.ts';
