@@ -120,9 +120,12 @@ describe('deploy/Dockerfile: built by podman from an offline base, run from its 
     const user = image.config.User!;
     // The image's entry point, with `serve` and this test's addresses as its command.
     const command = [...image.config.Entrypoint!, 'serve', '--listen', `127.0.0.1:${port}`, '--seed', seed!.url];
+    // The first process of the new pid namespace is a shell that keeps root's credentials, so unshare's
+    // --kill-child reaches it (a change of user, as chroot --userspec makes, clears that signal); when it dies,
+    // the kernel ends every process of the namespace: the node goes with it even if this test dies first.
     const argv = [
       '--mount', '--propagation', 'private', '--pid', '--fork', '--kill-child', `--mount-proc=${join(rootfs, 'proc')}`,
-      'chroot', `--userspec=${user}`, rootfs,
+      '/bin/sh', '-c', 'user=$1 root=$2; shift 2; chroot --userspec="$user" "$root" "$@" & wait $!', 'sh', user, rootfs,
       '/usr/bin/env', '-i', '-C', image.config.WorkingDir ?? '/', ...env, ...command,
     ];
     container = spawn('unshare', argv, { stdio: ['ignore', 'pipe', 'pipe'] });
