@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system tools the integration and e2e tests drive (npm `pretest`): kubectl renders deploy/'s
-# kustomizations, mmdebstrap makes the offline base of the image test.
+# kustomizations, mmdebstrap makes the offline base of the image test, chromium renders the node's web page.
 # Fast path: every command present -> exit 0. Otherwise, as root on Debian/Ubuntu: apt-get
 # install them; not root: say what is missing and how to install it, exit 1.
 # Never reads stdin; never prints repository hosts (apt's output goes to a log, URLs masked).
@@ -21,6 +21,7 @@ declare -A PKG=(
   [kubectl]=kubernetes-client
   [setpriv]=util-linux
   [mmdebstrap]=mmdebstrap
+  [chromium]=chromium
 )
 # Installed alongside: CA roots for TLS, and the OCI runtime podman depends on (crun),
 # named so a minimal image with recommends off still gets a working rootful podman (vfs).
@@ -37,7 +38,7 @@ have() {
 }
 
 missing_cmds=()
-for cmd in skopeo umoci podman docker-registry containerd ctr ip curl htpasswd openssl kubectl setpriv mmdebstrap; do
+for cmd in skopeo umoci podman docker-registry containerd ctr ip curl htpasswd openssl kubectl setpriv mmdebstrap chromium; do
   have "$cmd" || missing_cmds+=("$cmd")
 done
 if [[ ${#missing_cmds[@]} -eq 0 ]]; then

@@ -26,6 +26,11 @@ import { PullThrough } from './source/pull-through.ts';
 import type { SeedDirectory, SeedSet } from './source/types.ts';
 import { SeedClient } from './upstream/index.ts';
 import type { SeedConfig } from './config/index.ts';
+import { parseDuration } from './config/index.ts';
+import { listImages } from './life/images.ts';
+import { PullTraffic } from './source/traffic.ts';
+import { WarmList } from './source/warm.ts';
+import { NodeControl } from './node-control.ts';
 
 /** The version `shoal status` reports. */
 const NODE_VERSION = '0.1.0';
@@ -182,11 +187,43 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   });
   lifecycleRef.current = lifecycle;
   lifecycle.start();
+  // Bytes by source over the last hour and the recent pulls, for the node's page (GET /shoal/traffic).
+  const traffic = new PullTraffic({ metrics: pullMetrics });
+  traffic.start();
+  const imageCount = async (o: { signal?: AbortSignal }): Promise<number> => (await listImages(store, o)).length;
+  const control = new NodeControl({
+    pull,
+    store,
+    peers: peerService,
+    logger,
+    summary: async (o) => {
+      const life = await lifecycle.status(o);
+      return {
+        id: peerService?.selfId,
+        version: NODE_VERSION,
+        uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
+        zone: config.zone || undefined,
+        store: await store.stats(),
+        maxStore: life.quota.maxStore,
+        freeBytes: life.quota.freeBytes,
+        totalBytes: life.quota.totalBytes,
+        images: await imageCount(o),
+        pins: life.pins,
+        peers: peerService?.peers().length ?? 0,
+      };
+    },
+  });
+  await control.start();
+  // warmImages: prefetched soon after start-up, and again every warmInterval.
+  const warm = new WarmList({ images: config.warmImages, pin: config.warmPin, intervalMs: parseDuration(config.warmInterval || '0', 'warmInterval'), pull, store, logger });
+  warm.start();
   let access: AccessControl;
   let tls: TlsFiles | undefined;
   try {
     ({ access, tls } = await openAccess(config, dataDir, logger, metricsRegistry, (o) => (server as unknown as HttpsServer).setSecureContext(o)));
   } catch (err) {
+    await warm.stop();
+    await traffic.stop();
     await lifecycle.stop();
     await peerService?.stop();
     await seeds.close();
@@ -217,7 +254,11 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
           seeds: seeds.describe(),
         }),
         runGc: (o) => lifecycle.runGc(o),
+        images: (o) => listImages(store, o),
+        prefetch: (request, progress, o) => control.prefetch(request, progress, o),
+        cluster: (o) => control.cluster(o),
       },
+      traffic,
       peerStatus: peerService ? () => ({ enabled: true, self: peerService.selfId, addresses: peerService.addresses(), peers: peerService.summary() }) : undefined,
     },
     metricsRegistry,
@@ -260,6 +301,8 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       });
     });
   } catch (err) {
+    await warm.stop();
+    await traffic.stop();
     await tls?.close();
     await access.close();
     await ops?.close();
@@ -295,6 +338,8 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       // Handlers see their sockets close and finish their store work (commit, roll back or keep the session).
       if (active > 0) await new Promise<void>((ok) => (onIdle = ok));
       await fetchesStopped;
+      await warm.stop();
+      await traffic.stop();
       await tls?.close();
       // Queued audit entries are written; queued webhook events are dropped (and logged).
       await access.close();

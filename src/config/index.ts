@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
 import ms from 'ms';
 import { parsePercentOrSize, parseRate, parseSize } from '../limits/size.ts';
+import { parseReference } from '../oci/reference.ts';
 import { parseRetentionRules, type RetentionRule } from '../life/retention.ts';
 import { parseGrants, parseImmutablePrefixes, parseRoleList, parseWebhooks, type Grant, type WebhookConfig } from '../access/index.ts';
 
@@ -110,6 +111,12 @@ export interface ShoalConfig {
   auditKeep: number;
   /** URLs told about every push and delete. */
   webhooks: WebhookConfig[];
+  /** Images to keep warm on this node (e.g. registry.local:5000/team/app:1.4): pulled at start-up and re-checked every warmInterval. */
+  warmImages: string[];
+  /** Pin the warm images, so that eviction leaves them alone. */
+  warmPin: boolean;
+  /** How often the warm images are checked again, e.g. 15m; 0: only at start-up. */
+  warmInterval: string;
 }
 
 export function defaultConfig(): ShoalConfig {
@@ -159,6 +166,9 @@ export function defaultConfig(): ShoalConfig {
     auditMaxSize: '10M',
     auditKeep: 5,
     webhooks: [],
+    warmImages: [],
+    warmPin: false,
+    warmInterval: '15m',
   };
 }
 
@@ -226,6 +236,9 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   auditMaxSize: 'optional',
   auditKeep: 'number',
   webhooks: 'webhooks',
+  warmImages: 'list',
+  warmPin: 'boolean',
+  warmInterval: 'optional',
 };
 
 /** A duration setting in milliseconds: `90s`, `15m`, `6h`, `2d`, or a number of milliseconds; 0 allowed. */
@@ -424,6 +437,14 @@ export function validateConfig(config: ShoalConfig): ShoalConfig {
   if (!Number.isSafeInteger(config.maxPeerInventory) || config.maxPeerInventory < 1) throw new ConfigError('maxPeerInventory: must be a whole number of blobs, at least 1');
   if (config.zone.length > 128) throw new ConfigError('zone: at most 128 characters (peers refuse longer labels)');
   accessSettings(config);
+  parseDuration(config.warmInterval || '0', 'warmInterval');
+  for (const image of config.warmImages) {
+    try {
+      parseReference(image);
+    } catch (err) {
+      throw new ConfigError(`warmImages: ${JSON.stringify(image)} is not an image reference: ${(err as Error).message}`);
+    }
+  }
   if (config.maxManifestBytes < 4 * 1024 * 1024) throw new ConfigError('maxManifestBytes: must be at least 4194304 (4 MiB), as the OCI spec requires');
   return config;
 }

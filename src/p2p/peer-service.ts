@@ -1,7 +1,7 @@
 import '../polyfill.ts';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { identify } from '@libp2p/identify';
-import type { Libp2p, PeerId } from '@libp2p/interface';
+import type { Libp2p, PeerId, Stream } from '@libp2p/interface';
 import { mdns } from '@libp2p/mdns';
 import { ping, type Ping } from '@libp2p/ping';
 import { tcp } from '@libp2p/tcp';
@@ -323,6 +323,28 @@ export class PeerService implements PeerNetwork {
       });
     }
     return rows;
+  }
+
+  // ---- other protocols -----------------------------------------------------------------------------
+
+  /** Serves one more protocol on the peer network (after start); the handler gets the stream and the peer's id. */
+  async handle(protocol: string, handler: (stream: Stream, peer: string) => void, opts: { maxInboundStreams?: number } = {}): Promise<void> {
+    if (!this.node) throw new Error('the peer network is not started');
+    await this.node.handle(protocol, (stream, conn) => {
+      const peer = conn.remotePeer.toString();
+      if (this.bans.isBanned(peer)) {
+        stream.abort(new Error('banned'));
+        return;
+      }
+      handler(stream, peer);
+    }, { maxInboundStreams: opts.maxInboundStreams ?? 8 });
+  }
+
+  /** Opens a stream of `protocol` to a connected peer. */
+  async dial(peer: string, protocol: string, opts: IoOptions = {}): Promise<Stream> {
+    const state = this.table.get(peer);
+    if (!this.node || !state) throw new Error(`peer ${peer} is not connected`);
+    return this.node.dialProtocol(state.id, protocol, { signal: opts.signal });
   }
 
   // ---- asking peers --------------------------------------------------------------------------------

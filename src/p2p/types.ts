@@ -11,6 +11,8 @@ export const PROTOCOLS = {
   manifest: '/shoal/manifest/1.0.0',
   tag: '/shoal/tag/1.0.0',
   report: '/shoal/report/1.0.0',
+  /** A node's summary (`shoal status --cluster`) and prefetch requests (`shoal prefetch --all-nodes`). */
+  control: '/shoal/control/1.0.0',
 } as const;
 
 /** Ask a peer to pull a blob through from its seed when it does not have it (rendezvous owner). */

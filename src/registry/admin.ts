@@ -1,6 +1,101 @@
 import type { Context } from 'koa';
-import { UnsupportedError } from '../oci/index.ts';
+import { PassThrough } from 'node:stream';
+import { InvalidError, UnsupportedError } from '../oci/index.ts';
 import type { RegistryDeps, RegistryState } from './context.ts';
+
+/** Paths handleAdmin answers. */
+export const ADMIN_PATHS: ReadonlySet<string> = new Set(['/shoal/status', '/shoal/gc', '/shoal/content', '/shoal/images', '/shoal/traffic', '/shoal/cluster', '/shoal/prefetch']);
+
+/** Largest body of POST /shoal/prefetch. */
+const MAX_PREFETCH_BODY = 64 * 1024;
+
+function allow(ctx: Context, ...methods: string[]): void {
+  const ok = methods.includes(ctx.method) || (ctx.method === 'HEAD' && methods.includes('GET'));
+  if (!ok) throw new UnsupportedError(`${ctx.method} is not supported on ${ctx.path}; allowed: ${methods.join(', ')}`);
+}
+
+async function readJsonBody(ctx: Context, limit: number): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of ctx.req as AsyncIterable<Buffer>) {
+    size += c.length;
+    if (size > limit) throw new InvalidError('SIZE_INVALID', `the request body is larger than ${limit} bytes`);
+    chunks.push(c);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch {
+    throw new InvalidError('NAME_INVALID', 'the request body is not JSON; send {"refs":["registry/repository:tag"],"allNodes":false,"pin":false}');
+  }
+}
+
+/** The node's page and `shoal ls`/`status --cluster`/`prefetch` read these. */
+async function handleViews(ctx: Context, deps: RegistryDeps): Promise<boolean> {
+  const { signal, mayAdmin } = ctx.state as RegistryState;
+  const admin = deps.admin;
+  if (ctx.path === '/shoal/images') {
+    allow(ctx, 'GET');
+    if (!admin?.images) throw new UnsupportedError('this node does not list images');
+    const prefix = typeof ctx.query.prefix === 'string' ? ctx.query.prefix : undefined;
+    const images = (await admin.images({ prefix, signal })) as Array<{ repository: string }>;
+    ctx.body = { images: images.map((i) => ({ ...i, canPin: mayAdmin ? mayAdmin(i.repository) : true })) };
+    return true;
+  }
+  if (ctx.path === '/shoal/traffic') {
+    allow(ctx, 'GET');
+    if (!deps.traffic) throw new UnsupportedError('this node keeps no traffic record');
+    ctx.body = await deps.traffic.report();
+    return true;
+  }
+  if (ctx.path === '/shoal/cluster') {
+    allow(ctx, 'GET');
+    if (!admin?.cluster) throw new UnsupportedError('this node cannot ask its peers');
+    ctx.body = await admin.cluster({ signal });
+    return true;
+  }
+  if (ctx.path === '/shoal/prefetch') {
+    allow(ctx, 'POST');
+    if (!admin?.prefetch) throw new UnsupportedError('this node cannot prefetch');
+    const body = (await readJsonBody(ctx, MAX_PREFETCH_BODY)) as { refs?: unknown; allNodes?: unknown; pin?: unknown } | null;
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new InvalidError('NAME_INVALID', 'send {"refs":[...],"allNodes":bool,"pin":bool}');
+    const request = { refs: body.refs as string[], allNodes: body.allNodes === true, pin: body.pin === true };
+    const run = admin.prefetch;
+    // Progress goes out as JSON lines while the work runs; the last line is the result (or the error).
+    const out = new PassThrough();
+    const line = (value: unknown): void => {
+      if (!out.writableEnded) out.write(JSON.stringify(value) + '\n');
+    };
+    // Bad references are refused (an OCI error with its status) before anything is sent: the answer starts with
+    // the first progress event, or with the end when there is none.
+    let firstEvent!: () => void;
+    const streaming = new Promise<'streaming'>((resolve) => (firstEvent = () => resolve('streaming')));
+    const started = run(
+      request,
+      (event) => {
+        line({ event: 'progress', ...event });
+        firstEvent();
+      },
+      { signal },
+    );
+    const early = await Promise.race([started.then(() => 'done' as const, (err: unknown) => ({ err })), streaming]);
+    if (typeof early === 'object') throw early.err;
+    ctx.status = 200;
+    ctx.type = 'application/x-ndjson';
+    ctx.body = out;
+    started.then(
+      (result) => {
+        line({ event: 'done', ...result });
+        out.end();
+      },
+      (err: unknown) => {
+        line({ event: 'error', error: (err as Error).message });
+        out.end();
+      },
+    );
+    return true;
+  }
+  return false;
+}
 
 /**
  * The node's own operations (not part of the OCI API):
@@ -8,9 +103,16 @@ import type { RegistryDeps, RegistryState } from './context.ts';
  *   POST /shoal/gc[?dryRun=true]     -> the collection's report: counts, bytes freed, and each item with its reason
  *   GET  /shoal/content              -> every manifest held (repository, digest, media type), tagged or not, and
  *                                       every stored blob (digest, size): what `shoal inventory --node` lists
+ *   GET  /shoal/images[?prefix=P]    -> the images held: repository, tags, digest, size, platforms, pin, last pull
+ *   GET  /shoal/traffic              -> blob bytes by source (local, peer, seed) per minute over the last hour, and
+ *                                       the recent pulls with the source of each
+ *   GET  /shoal/cluster              -> this node's summary and each peer's (asked over the peer network)
+ *   POST /shoal/prefetch             -> {"refs":[...],"allNodes":bool,"pin":bool}: JSON lines of progress per node,
+ *                                       the last one {"event":"done","nodes":[...]} (or {"event":"error"})
  */
 export async function handleAdmin(ctx: Context, deps: RegistryDeps): Promise<void> {
   const { signal } = ctx.state as RegistryState;
+  if (await handleViews(ctx, deps)) return;
   if (ctx.path === '/shoal/content') {
     if (ctx.method !== 'GET' && ctx.method !== 'HEAD') throw new UnsupportedError(`${ctx.method} is not supported on /shoal/content; allowed: GET`);
     const [manifests, blobs] = await Promise.all([deps.store.listManifests({ signal }), deps.store.listContent({ signal })]);

@@ -4,7 +4,8 @@ import { AbortedError, NotFoundError, OCI_STATUS, ShoalError, UnsupportedError, 
 import type { RegistryDeps, RegistryState } from './context.ts';
 import { matchRoute } from './routes.ts';
 import { handlePins } from './pins.ts';
-import { handleAdmin } from './admin.ts';
+import { ADMIN_PATHS, handleAdmin } from './admin.ts';
+import { serveUi } from '../ui/static.ts';
 import { authMiddleware } from './auth.ts';
 
 /** What a request was storing, for the message of a full disk. */
@@ -190,7 +191,7 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
       ctx.body = deps.peerStatus ? deps.peerStatus() : { enabled: false, peers: [] };
       return;
     }
-    if (ctx.path === '/shoal/status' || ctx.path === '/shoal/gc' || ctx.path === '/shoal/content') {
+    if (ADMIN_PATHS.has(ctx.path)) {
       state.route = ctx.path.slice('/shoal/'.length);
       await handleAdmin(ctx, deps);
       return;
@@ -204,6 +205,11 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
       state.route = 'metrics';
       ctx.type = metricsRegistry.contentType;
       ctx.body = await metricsRegistry.metrics();
+      return;
+    }
+    if (ctx.path === '/' || ctx.path === '/ui' || ctx.path.startsWith('/ui/')) {
+      state.route = 'ui';
+      await serveUi(ctx);
       return;
     }
     if (ctx.path === '/shoal' || ctx.path.startsWith('/shoal/')) throw new NotFoundError('NAME_UNKNOWN', `no Shoal endpoint at ${ctx.path.slice(0, 200)}`);

@@ -35,7 +35,15 @@ export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams):
   }
   const stream = await info.open(range, { signal: state.signal });
   ctx.length = length;
+  let sent = 0;
+  if (deps.traffic) {
+    const traffic = deps.traffic;
+    ctx.res.once('close', () =>
+      traffic.recordPull({ at: Date.now(), repository: p.name, digest, bytes: sent, source: info.source === 'local' ? 'local' : (info.origin?.() ?? 'seed'), complete: ctx.res.writableFinished }),
+    );
+  }
   ctx.body = countBytes(stream, (n) => {
+    sent += n;
     deps.metrics.servedBytes.inc({ kind: 'blob' }, n);
     // Fetched bytes are counted by the fetch as they arrive (from peers or the seed), once however many clients.
     if (info.source === 'local') deps.pullMetrics.pullBytes.inc({ source: 'local' }, n);

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { ContentStore } from '../store/index.ts';
 import type { PullThrough } from '../source/pull-through.ts';
 import type { PullMetrics } from '../source/metrics.ts';
+import type { PullTraffic } from '../source/traffic.ts';
 import type { RegistryMetrics } from './metrics.ts';
 import type { AccessControl, Principal } from '../access/index.ts';
 
@@ -28,6 +29,8 @@ export interface RegistryDeps {
    * freed: the place to start eviction. Must not block; what it throws is logged and ignored.
    */
   onStorageFull?: () => void;
+  /** Bytes by source over the last hour and the recent pulls (`GET /shoal/traffic`); blob pulls are recorded in it. */
+  traffic?: PullTraffic;
 }
 
 /** Operations on the node as a whole, served under /shoal/. */
@@ -36,6 +39,22 @@ export interface NodeAdmin {
   status(opts: { signal?: AbortSignal }): Promise<unknown>;
   /** Runs a garbage collection (or reports what one would remove) and returns its report. */
   runGc(opts: { dryRun: boolean; signal?: AbortSignal }): Promise<unknown>;
+  /** What `GET /shoal/images` answers: the images held, with tags, size, platforms, pin and last pull. */
+  images?(opts: { prefix?: string; signal?: AbortSignal }): Promise<unknown>;
+  /** Pulls images onto this node (and, with `allNodes`, onto its peers), reporting progress (`POST /shoal/prefetch`). */
+  prefetch?(request: PrefetchRequest, progress: (event: Record<string, unknown>) => void, opts: { signal?: AbortSignal }): Promise<Record<string, unknown>>;
+  /** What `GET /shoal/cluster` answers: this node's summary and each peer's, asked over the peer network. */
+  cluster?(opts: { signal?: AbortSignal }): Promise<unknown>;
+}
+
+/** What `POST /shoal/prefetch` asks. */
+export interface PrefetchRequest {
+  /** Image references as `shoal prefetch` takes them: `registry/repo:tag`, `repo@sha256:...`. */
+  refs: string[];
+  /** Ask every peer to prefetch too. */
+  allNodes: boolean;
+  /** Pin what was prefetched. */
+  pin: boolean;
 }
 
 /** Parameters a route pattern extracted from the path. */

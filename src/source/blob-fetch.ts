@@ -146,6 +146,12 @@ export class BlobFetch {
     this.done.catch(() => undefined);
   }
 
+  /** Where the bytes written so far came from: peers, the seed, or both. */
+  get origin(): 'peer' | 'seed' | 'peer+seed' {
+    if (this.fromPeerBytes === 0) return 'seed';
+    return this.fromPeerBytes >= this.written ? 'peer' : 'peer+seed';
+  }
+
   /** Resolves with the blob's size once clients may be told it; rejects if the fetch fails before. */
   get size(): Promise<number> {
     return this.sizeGate.promise;

@@ -321,7 +321,7 @@ export class PullThrough {
     if (!seeds && !network) throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${target.repository}`, { digest });
     const fetch = this.startFetch(target, digest, seeds, true, opts.size);
     const size = await untilAborted(fetch.size, opts.signal);
-    return { size, source: 'fetch', open: async (range, o) => fetch.read(range, o) };
+    return { size, source: 'fetch', origin: () => fetch.origin, open: async (range, o) => fetch.read(range, o) };
   }
 
   /** A stored blob's bytes for a client; cut if the blob is found corrupt meanwhile. */
@@ -368,6 +368,17 @@ export class PullThrough {
     const target = this.targetOf(repository);
     if (kind === 'manifest') await this.manifest(target, { kind: 'digest', digest }, opts);
     else await untilAborted(this.startFetch(target, digest, this.seedsFor(target), true).done, opts.signal);
+  }
+
+  /**
+   * The target an image reference names, as containerd would ask this node for it: `registry.local:5000/app` is
+   * `app` of `?ns=registry.local:5000` when this node has seeds for that registry; otherwise the bare repository
+   * (the default seeds, peers, and what was pushed here).
+   */
+  targetFor(registry: string, repository: string): RepositoryTarget {
+    const namespace = registry.toLowerCase();
+    if (this.opts.seeds.seedsFor(namespace)) return { repository: `${namespace.replace(':', '-')}/${repository}`, upstream: repository, namespace };
+    return { repository, upstream: repository };
   }
 
   /** The request target of a stored repository: `docker.io/library/nginx` is `library/nginx` of `docker.io`. */

@@ -28,6 +28,8 @@ export interface BlobResponse {
   size: number;
   /** Where the bytes come from: the store, or a fetch from peers and seeds in flight (which counts its own bytes). */
   source: 'local' | 'fetch';
+  /** For a fetch: where its bytes came from so far (peers, the seed, or both). */
+  origin?: () => 'peer' | 'seed' | 'peer+seed';
   /** The bytes of `range` (or of the whole blob). Fails mid-way if a fetch turns out corrupt. */
   open(range: ByteRange | undefined, opts?: IoOptions): Promise<Readable>;
 }

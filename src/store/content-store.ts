@@ -408,7 +408,7 @@ export class KvContentStore implements ContentStore {
     return this.statContent(digest);
   }
 
-  async readContent(digest: string, range?: ByteRange): Promise<Readable> {
+  async readContent(digest: string, range?: ByteRange, opts?: IoOptions & { touch?: boolean }): Promise<Readable> {
     // Callers have just looked the blob up; the bytes say NOT_FOUND themselves, so the hot path reads no record.
     const stream = await this.bytes.read(digest, range);
     // While it is open the blob is in use: eviction and collection leave it alone.
@@ -418,6 +418,7 @@ export class KvContentStore implements ContentStore {
       if (n <= 0) this.readers.delete(digest);
       else this.readers.set(digest, n);
     });
+    if (opts?.touch === false) return stream;
     const now = Date.now();
     const last = this.atimes.get(digest) ?? 0;
     this.atimes.set(digest, now);

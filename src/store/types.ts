@@ -61,8 +61,11 @@ export interface BlobReader {
   statBlob(repository: string, digest: string, opts?: IoOptions): Promise<BlobInfo | undefined>;
   /** Size of a blob anywhere in the store, or undefined. */
   statContent(digest: string, opts?: IoOptions): Promise<BlobInfo | undefined>;
-  /** A stream of the blob's bytes (or a range of them). Throws BLOB_UNKNOWN when absent. */
-  readContent(digest: string, range?: ByteRange, opts?: IoOptions): Promise<Readable>;
+  /**
+   * A stream of the blob's bytes (or a range of them). Throws BLOB_UNKNOWN when absent. A read counts as a use (its
+   * access time, which eviction goes by) unless `touch` is false: listings that only look (`shoal ls`) say so.
+   */
+  readContent(digest: string, range?: ByteRange, opts?: IoOptions & { touch?: boolean }): Promise<Readable>;
 }
 
 /**

@@ -1,0 +1,129 @@
+/**
+ * The images a store holds, as an operator reads them (`shoal ls`, `GET /shoal/images`, the node's page): one row
+ * per manifest that a tag or a pin names, with its tags, total size, platforms, pin and when it was last read.
+ * Child manifests of an index, and untagged, unpinned manifests (referrers, leftovers GC will take) are not rows.
+ */
+import { text } from 'node:stream/consumers';
+import { isIndexType, parseManifest, type ParsedManifest } from '../oci/index.ts';
+import type { ContentStore, IoOptions, ManifestEntry } from '../store/index.ts';
+
+export interface ImageSummary {
+  repository: string;
+  /** Tags pointing at it on this node, sorted. */
+  tags: string[];
+  digest: string;
+  mediaType: string;
+  /** Bytes of the manifest, its config and layers (and, for an index, of every child held), each blob once. */
+  size: number;
+  /** `os/arch[/variant]` of each platform (an index: of its children; a manifest: from its config when held). */
+  platforms: string[];
+  /** Blobs the image names that this node does not hold (0: complete). */
+  missingBlobs: number;
+  pinned: boolean;
+  pinReason?: string;
+  /** When it was last read (pulled, served to a peer), ms since the epoch; its content's newest access time. */
+  lastPulled?: number;
+  created: number;
+}
+
+export interface ListImagesOptions extends IoOptions {
+  /** Only repositories starting with this. */
+  prefix?: string;
+}
+
+/** A config blob larger than this is not read for its platform. */
+const MAX_CONFIG_BYTES = 1 << 20;
+
+function platformText(p: { os?: unknown; architecture?: unknown; variant?: unknown }): string | undefined {
+  if (typeof p.os !== 'string' || typeof p.architecture !== 'string') return undefined;
+  return [p.os, p.architecture, typeof p.variant === 'string' ? p.variant : undefined].filter(Boolean).join('/');
+}
+
+/** The store's images, sorted by repository then tag. */
+export async function listImages(store: ContentStore, opts: ListImagesOptions = {}): Promise<ImageSummary[]> {
+  const prefix = opts.prefix ?? '';
+  const [manifests, tags, pins, entries] = await Promise.all([store.listManifests(opts), store.listAllTags(opts), store.listPins(opts), store.listEntries(opts)]);
+  const content = new Map(entries.map((e) => [e.digest, e]));
+  const byKey = new Map<string, ManifestEntry>();
+  for (const m of manifests) if (m.repository.startsWith(prefix)) byKey.set(`${m.repository}@${m.digest}`, m);
+  const rows = new Map<string, { entry: ManifestEntry; tags: string[]; pin?: { reason: string } }>();
+  const row = (repository: string, digest: string): { entry: ManifestEntry; tags: string[]; pin?: { reason: string } } | undefined => {
+    const key = `${repository}@${digest}`;
+    let r = rows.get(key);
+    if (!r) {
+      const entry = byKey.get(key);
+      if (!entry) return undefined;
+      rows.set(key, (r = { entry, tags: [] }));
+    }
+    return r;
+  };
+  for (const t of tags) if (t.repository.startsWith(prefix)) row(t.repository, t.digest)?.tags.push(t.tag);
+  for (const p of pins) {
+    if (!p.repository.startsWith(prefix)) continue;
+    const r = row(p.repository, p.digest);
+    if (r) r.pin = { reason: p.reason };
+  }
+  const parsed = async (digest: string, mediaType: string): Promise<ParsedManifest | undefined> => {
+    try {
+      const stream = await store.readContent(digest, undefined, { signal: opts.signal, touch: false });
+      const bytes = Buffer.from(await text(stream), 'utf8');
+      return parseManifest(bytes, mediaType);
+    } catch {
+      return undefined;
+    }
+  };
+  const out: ImageSummary[] = [];
+  for (const { entry, tags: names, pin } of rows.values()) {
+    if (opts.signal?.aborted) throw opts.signal.reason;
+    const blobs = new Map<string, number>([[entry.digest, entry.size]]);
+    const platforms: string[] = [];
+    let missing = 0;
+    const addImage = async (m: ParsedManifest): Promise<void> => {
+      for (const b of m.blobs) {
+        if (content.has(b.digest)) blobs.set(b.digest, b.size);
+        else missing++;
+      }
+    };
+    const root = await parsed(entry.digest, entry.mediaType);
+    if (root?.kind === 'index' || isIndexType(entry.mediaType)) {
+      for (const child of root?.manifests ?? []) {
+        const shown = child.platform ? platformText(child.platform) : undefined;
+        if (shown && !platforms.includes(shown)) platforms.push(shown);
+        if (!content.has(child.digest)) {
+          missing++;
+          continue;
+        }
+        blobs.set(child.digest, child.size);
+        const m = await parsed(child.digest, child.mediaType);
+        if (m) await addImage(m);
+      }
+    } else if (root) {
+      await addImage(root);
+      if (root.config && content.has(root.config.digest) && root.config.size <= MAX_CONFIG_BYTES) {
+        try {
+          const config = JSON.parse(await text(await store.readContent(root.config.digest, undefined, { signal: opts.signal, touch: false }))) as Record<string, unknown>;
+          const shown = platformText(config);
+          if (shown) platforms.push(shown);
+        } catch {
+          // an artifact's config need not be JSON of an image
+        }
+      }
+    }
+    const accessed = [...blobs.keys()].map((d) => content.get(d)?.accessed ?? 0);
+    const lastPulled = Math.max(0, ...accessed);
+    out.push({
+      repository: entry.repository,
+      tags: names.sort(),
+      digest: entry.digest,
+      mediaType: entry.mediaType,
+      size: [...blobs.values()].reduce((n, s) => n + s, 0),
+      platforms,
+      missingBlobs: missing,
+      pinned: pin !== undefined,
+      ...(pin ? { pinReason: pin.reason } : {}),
+      ...(lastPulled > 0 ? { lastPulled } : {}),
+      created: entry.created,
+    });
+  }
+  return out.sort((a, b) => (a.repository === b.repository ? (a.tags[0] ?? '~').localeCompare(b.tags[0] ?? '~') : a.repository < b.repository ? -1 : 1));
+}
