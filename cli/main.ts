@@ -11,6 +11,7 @@ import type { VerifyFlags } from './verify.ts';
 import type { InventoryFlags } from './inventory.ts';
 import type { PinFlags } from './pins.ts';
 import type { AuditFlags } from './audit.ts';
+import type { LsFlags, PrefetchFlags } from './views.ts';
 
 /** Builds the `shoal` program; each command only parses its flags and delegates to src/. */
 export function buildProgram(): Command {
@@ -94,6 +95,7 @@ export function buildProgram(): Command {
   addBundleCommands(program);
   addLifecycleCommands(program);
   addPinCommands(program);
+  addViewCommands(program);
   program
     .command('audit')
     .description("print a node's audit log (push, delete, tag moves, imports, pins, GC, refusals and failed logins), oldest first")
@@ -204,10 +206,12 @@ function addLifecycleCommands(program: Command): void {
       .command('status')
       .description("a running node's disk use against its quota and free-space mark, pins, last GC and scrub, peers")
       .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
+      .option('--cluster', 'one line per node of the cluster (disk, images, version), gathered through the peers')
       .option('--json', 'print JSON'),
     'the node (a user with the admin role)',
-  ).action(async (opts: { node: string; json?: boolean }) => {
-      await (await import('./lifecycle.ts')).statusCommand(opts);
+  ).action(async (opts: { node: string; json?: boolean; cluster?: boolean }) => {
+      if (opts.cluster) await (await import('./views.ts')).clusterStatusCommand(opts);
+      else await (await import('./lifecycle.ts')).statusCommand(opts);
     });
   program
     .command('fsck')
@@ -251,6 +255,35 @@ function addPinCommands(program: Command): void {
   });
   target(program.command('pins').description("list a node's pins: repository, digest, reason, created")).action(async (opts: PinFlags) => {
     await (await import('./pins.ts')).pinsCommand(opts);
+  });
+}
+
+/** ls, prefetch: what nodes hold, and warming images on them (cli/views.ts). */
+function addViewCommands(program: Command): void {
+  withRegistryAccess(
+    program
+      .command('ls')
+      .description("list a node's images: repository, tags, digest, size, platforms, pin, last pulled")
+      .argument('[prefix]', 'only repositories starting with this, e.g. registry.local-5000/team/')
+      .option('--node <url>', 'a running node, e.g. http://127.0.0.1:5000')
+      .option('--data <dir>', 'the data directory of a stopped node')
+      .option('--json', 'print JSON'),
+    'the node (a user with the admin role)',
+  ).action(async (prefix: string | undefined, opts: LsFlags) => {
+    await (await import('./views.ts')).lsCommand(prefix, opts);
+  });
+  withRegistryAccess(
+    program
+      .command('prefetch')
+      .description('warm images on a node, or on every node (--all-nodes): each platform of an index, each layer from the seed once')
+      .argument('<ref...>', 'images, e.g. registry.local:5000/team/app:1.4 or nginx@sha256:...')
+      .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
+      .option('--all-nodes', "also every peer of the node, at once")
+      .option('--pin', 'pin the images where they were fetched')
+      .option('--json', 'print progress and the result as JSON lines'),
+    'the node (a user with the admin role)',
+  ).action(async (refs: string[], opts: PrefetchFlags) => {
+    await (await import('./views.ts')).prefetchCommand(refs, opts);
   });
 }
 
