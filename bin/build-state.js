@@ -3,7 +3,10 @@
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
-/** The newest modification time (ms) of the .ts files under `dir`, 0 when there are none. */
+/** Sources: TypeScript, and the web page's files (src/ui/assets), which the build copies. */
+const SOURCE = /\.(ts|html|css|js)$/;
+
+/** The newest modification time (ms) of the source files under `dir`, 0 when there are none. */
 function newestSource(dir) {
   let newest = 0;
   let entries;
@@ -13,7 +16,7 @@ function newestSource(dir) {
     return 0;
   }
   for (const e of entries) {
-    if (!e.isFile() || !e.name.endsWith('.ts')) continue;
+    if (!e.isFile() || !SOURCE.test(e.name)) continue;
     const m = statSync(join(e.parentPath ?? e.path, e.name)).mtimeMs;
     if (m > newest) newest = m;
   }

@@ -5,7 +5,8 @@
 //      per command loaded only when that command runs, so `shoal --help` reads little and `shoal serve` starts
 //      without resolving hundreds of module files. Native addons stay outside (EXTERNAL), loaded from
 //      node_modules at run time;
-//   3. writes dist/licenses.txt (the license of every package inside the bundle) and dist/build.json.
+//   3. copies the node's web page (src/ui/assets: HTML, CSS, script) to dist/ui/, where src/ui/static.ts finds it;
+//   4. writes dist/licenses.txt (the license of every package inside the bundle) and dist/build.json.
 //
 //   node scripts/build.mjs               all of it
 //   node scripts/build.mjs --if-stale    only when a source is newer than the last build (npm start, npm test)
@@ -15,7 +16,7 @@
 // while a build runs never loads half a tree. dist/build.json records when the build started: bin/shoal.js
 // compares it with the sources' modification times.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -83,6 +84,9 @@ try {
   rmSync(tmp, { recursive: true, force: true });
   fail(`bundling failed: ${err.message}`);
 }
+
+// The web page's files are served as they are: the bundle's chunks find them in dist/ui/.
+cpSync(join(root, 'src', 'ui', 'assets'), join(tmp, 'ui'), { recursive: true });
 
 /** The directory of the package a bundled file belongs to, or undefined for our own sources. */
 function packageDir(file) {
