@@ -10,6 +10,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import { once } from 'node:events';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { startDockerRegistry, pushRandomImage, pushManifest, type DockerRegistry, type PushedImage } from '../helpers/seed-registry.ts';
 import { ShoalProcesses, runShoal, type RunResult, type ShoalProcess } from '../helpers/spawn-node.ts';
 import { startCluster, type Cluster } from '../helpers/cluster.ts';
@@ -191,6 +193,26 @@ describe('shoal prefetch --all-nodes and status --cluster (3 nodes, docker-regis
     const bad = await runShoal(['prefetch', 'Not A Ref', '--node', n0!.url]);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /answered 400: NAME_INVALID/);
+  });
+
+  it('a node keeps the warmImages of its config: fetched at start-up and pinned', async () => {
+    const procs = new ShoalProcesses();
+    try {
+      const dir = await procs.tempDir();
+      const config = join(dir, 'shoal.yaml');
+      await writeFile(config, `seeds: [${JSON.stringify(proxy.url)}]\nwarmImages: [${JSON.stringify(`${proxy.hostPort}/${repo}:1.0`)}]\nwarmPin: true\nwarmInterval: 1h\n`);
+      const node = await procs.serve({ dataDir: join(dir, 'data'), config });
+      await node.waitForLog((l) => l.msg === 'warm images are on this node', { timeoutMs: 60_000 });
+      const { images } = JSON.parse(ok(await runShoal(['ls', '--node', node.url, '--json'])).stdout) as { images: ImageRow[] };
+      const row = images.find((i) => i.digest === indexDigest);
+      assert.ok(row, JSON.stringify(images));
+      assert.equal(row.missingBlobs, 0);
+      assert.equal(row.pinned, true);
+      const { pins } = JSON.parse(ok(await runShoal(['pins', '--node', node.url, '--json'])).stdout) as { pins: Array<{ reason: string }> };
+      assert.deepEqual(pins.map((p) => p.reason), ['warmImages']);
+    } finally {
+      await procs.cleanup();
+    }
   });
 
   it('status --cluster lists every node, with its images, through the peers', async () => {

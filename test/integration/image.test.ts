@@ -150,6 +150,11 @@ describe('deploy/Dockerfile: built by podman from an offline base, run from its 
     const v2 = await fetch(`http://127.0.0.1:${port}/v2/`);
     assert.equal(v2.status, 200);
     assert.equal(v2.headers.get('docker-distribution-api-version'), 'registry/2.0');
+    // The node's web page ships in the image (dist/ui).
+    const page = await fetch(`http://127.0.0.1:${port}/ui/`);
+    assert.equal(page.status, 200);
+    assert.match(await page.text(), /<title>Shoal node<\/title>/);
+    assert.equal((await fetch(`http://127.0.0.1:${port}/ui/app.js`)).status, 200);
 
     const skopeo = await skopeoIn(join(work, 'skopeo-pull'));
     await skopeo('copy', '--all', '--retry-times', '0', '--src-tls-verify=false', `docker://127.0.0.1:${port}/library/app:v1`, `oci:${join(work, 'pulled')}:v1`);
