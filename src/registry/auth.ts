@@ -6,9 +6,11 @@
  *   pull   GET/HEAD manifests, blobs, tags, referrers; the catalog (filtered to what the caller may pull)
  *   push   uploads (POST, PATCH, PUT, GET and DELETE of a session) and manifest PUT
  *   delete DELETE of manifests, tags and blobs
- *   admin  /shoal/pins (per repository; the list: filtered), /shoal/status, /shoal/gc, /shoal/peers
+ *   admin  /shoal/pins (per repository; the list: filtered), /shoal/status, /shoal/gc, /shoal/peers, /shoal/images,
+ *          /shoal/traffic, /shoal/cluster, /shoal/prefetch
  * `/v2/` answers 401 with the challenge to a client without credentials when the node has users, as registries
- * with authentication do: that is how clients learn to send them. /healthz, /readyz and /metrics are open.
+ * with authentication do: that is how clients learn to send them. /healthz, /readyz and /metrics are open, and so
+ * are `/` and `/ui/` (the web page's static files; its data comes from the admin endpoints above).
  */
 import type { Context, Next } from 'koa';
 import { AbortedError, DeniedError, Digest, UnauthorizedError, isShoalError } from '../oci/index.ts';
