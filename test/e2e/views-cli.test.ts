@@ -114,6 +114,24 @@ describe('shoal ls (spawned node)', () => {
     assert.equal(traffic!.minutes.length, 60);
   });
 
+  it('answers bad requests to the view endpoints with OCI errors', async () => {
+    const call = async (method: string, path: string, body?: string): Promise<{ status: number; code?: string }> => {
+      const res = await fetch(`${node!.url}${path}`, { method, body });
+      const text = await res.text();
+      return { status: res.status, code: text ? (JSON.parse(text) as { errors?: Array<{ code: string }> }).errors?.[0]?.code : undefined };
+    };
+    assert.deepEqual(await call('POST', '/shoal/prefetch', 'not json'), { status: 400, code: 'NAME_INVALID' });
+    assert.deepEqual(await call('POST', '/shoal/prefetch', '{"refs":[]}'), { status: 400, code: 'NAME_INVALID' });
+    assert.deepEqual(await call('POST', '/shoal/prefetch', JSON.stringify({ refs: ['x'.repeat(70_000)] })), { status: 400, code: 'SIZE_INVALID' });
+    assert.equal((await call('GET', '/shoal/prefetch')).code, 'UNSUPPORTED');
+    assert.equal((await call('DELETE', '/shoal/images')).code, 'UNSUPPORTED');
+    assert.deepEqual(await call('GET', '/ui/..%2fpackage.json'), { status: 404, code: 'NAME_UNKNOWN' });
+    assert.deepEqual(await call('GET', '/ui/nothing.js'), { status: 404, code: 'NAME_UNKNOWN' });
+    const page = await fetch(`${node!.url}/`, { redirect: 'manual' });
+    assert.equal(page.status, 302);
+    assert.equal(page.headers.get('location'), '/ui/');
+  });
+
   it('lists the images of a stopped node from its data directory', async () => {
     await node!.terminate();
     node = undefined;
