@@ -267,7 +267,8 @@ describe('a rotten holder: a byte flipped in its store while it was stopped', ()
     // its peers' inventories at once.
     await waitFor('node B to drop A as a holder of the layer', () => !b.node.peers!.holders(layer.digest).includes(rotten.peerId), 10_000);
     assert.equal(await rotten.node.store.statContent(layer.digest), undefined, 'the bad copy is out of A’s store');
-    assert.ok((await metric(rotten, 'shoal_corrupt_blobs_total', { found_by: 'peer-serve' })) >= 1, 'A counted the corrupt blob');
+    // The removal reaches B before A's check returns (it still syncs the unlink), and A counts when it returns.
+    await waitFor('A to count the corrupt blob', async () => (await metric(rotten, 'shoal_corrupt_blobs_total', { found_by: 'peer-serve' })) >= 1, 10_000);
     // A's own clients get the right bytes (A fetches the blob again), never the rotten ones.
     const fromA = await get(`${rotten.url}/v2/trust/rot/blobs/${layer.digest}`);
     assert.equal(fromA.status, 200, fromA.body);
@@ -296,7 +297,7 @@ describe('a rotten holder: a byte flipped in its store while it was stopped', ()
     assert.equal(await metric(d, 'shoal_peer_bans_total'), 0, 'no honest peer is banned');
     // A was asked for some of the chunks (every one of its chunks is bad): it found out, and took its copy out.
     await waitFor('node D to drop A as a holder of the layer', () => !d.node.peers!.holders(layer.digest).includes(rotten.peerId), 10_000);
-    assert.ok((await metric(rotten, 'shoal_corrupt_blobs_total', { found_by: 'peer-serve' })) >= 1);
+    await waitFor('A to count the corrupt blob', async () => (await metric(rotten, 'shoal_corrupt_blobs_total', { found_by: 'peer-serve' })) >= 1, 10_000);
   });
 
   it('told by a peer, the rotten node takes the blob out at once, fetches it again because it is pinned, and serves the right bytes', async (t) => {
