@@ -190,7 +190,7 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
       ctx.body = deps.peerStatus ? deps.peerStatus() : { enabled: false, peers: [] };
       return;
     }
-    if (ctx.path === '/shoal/status' || ctx.path === '/shoal/gc' || ctx.path === '/shoal/content') {
+    if (ctx.path === '/shoal/status' || ctx.path === '/shoal/gc' || ctx.path === '/shoal/content' || ctx.path === '/shoal/audit') {
       state.route = ctx.path.slice('/shoal/'.length);
       await handleAdmin(ctx, deps);
       return;
