@@ -96,18 +96,22 @@ export function buildProgram(): Command {
   addLifecycleCommands(program);
   addPinCommands(program);
   addViewCommands(program);
-  program
-    .command('audit')
-    .description("print a node's audit log (push, delete, tag moves, imports, pins, GC, refusals and failed logins), oldest first")
-    .option('--data <dir>', "the node's data directory, where audit.log is [default: ./data, env SHOAL_DATA_DIR]")
-    .option('-c, --config <file>', "the node's config file (its auditLog and dataDir settings)")
-    .option('--file <file>', 'the audit log file itself')
-    .option('--since <when>', 'only entries since a duration ago (90m, 2d) or a date (2026-11-30, 2026-11-30T08:00:00Z)')
-    .option('--user <name>', 'only entries of this user or token (anonymous for callers without credentials)')
-    .option('--repo <prefix>', 'only entries of repositories starting with this prefix')
-    .option('--action <action>', 'only this action: push, tag-move, upload, delete, import, pin, unpin, gc, pull, admin, login')
-    .option('--json', 'print the entries as JSON lines')
-    .action(async (opts: AuditFlags) => {
+  withRegistryAccess(
+    program
+      .command('audit')
+      .description("print a node's audit log (push, delete, tag moves, imports, pins, GC, refusals and failed logins), oldest first")
+      .option('--node <url>', 'a running node, asked over its API (GET /shoal/audit: a user with the admin role)')
+      .option('--limit <n>', 'with --node: at most the last N entries that match [default: 1000]')
+      .option('--data <dir>', "the node's data directory, where audit.log is [default: ./data, env SHOAL_DATA_DIR]")
+      .option('-c, --config <file>', "the node's config file (its auditLog and dataDir settings)")
+      .option('--file <file>', 'the audit log file itself')
+      .option('--since <when>', 'only entries since a duration ago (90m, 2d) or a date (2026-11-30, 2026-11-30T08:00:00Z)')
+      .option('--user <name>', 'only entries of this user or token (anonymous for callers without credentials)')
+      .option('--repo <prefix>', 'only entries of repositories starting with this prefix')
+      .option('--action <action>', 'only this action: push, tag-move, upload, delete, import, pin, unpin, gc, pull, admin, login')
+      .option('--json', 'print the entries as JSON lines'),
+    'the node (with --node: a user with the admin role)',
+  ).action(async (opts: AuditFlags) => {
       await (await import('./audit.ts')).auditCommand(opts);
     });
   return program;

@@ -7,7 +7,7 @@ import { Registry } from 'prom-client';
 import './polyfill.ts';
 import { isShoalError } from './oci/index.ts';
 import { accessSettings, lifecycleSettings, parseListen, type ShoalConfig } from './config/index.ts';
-import { AccessControl, TlsFiles, isLoopbackHost, protectImmutableTags } from './access/index.ts';
+import { AccessControl, TlsFiles, gcAuditDetail, isLoopbackHost, protectImmutableTags } from './access/index.ts';
 import { StoreLifecycle } from './life/service.ts';
 import { TokenBucket } from './limits/token-bucket.ts';
 import { parseRate } from './limits/size.ts';
@@ -114,6 +114,8 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   const seeds = new ConfiguredSeeds(config, logger);
   // The lifecycle needs the pull path (to fetch lost pinned content) and the pull path asks it for room: built after.
   const lifecycleRef: { current?: StoreLifecycle } = {};
+  // Access control opens after the lifecycle; scheduled collections write to its audit log once it is there.
+  const accessRef: { current?: AccessControl } = {};
   const pull = new PullThrough({
     store,
     seeds,
@@ -184,6 +186,15 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     // Retention never removes a tag that immutableTags protects.
     retention: protectImmutableTags(config.retention, config.immutableTags),
     refetch: seeds.clients.length > 0 || peerService ? (repository, digest, kind, o) => pull.refetch(repository, digest, kind, o) : undefined,
+    // The node's own collections are in the audit log, as those an admin asks for are.
+    onScheduledGc: ({ report, error }) =>
+      void accessRef.current?.audit.append({
+        user: 'shoal',
+        from: 'local',
+        action: 'gc',
+        result: error ? 'failed' : 'ok',
+        detail: `scheduled: ${error ? error.message : gcAuditDetail(report!)}`,
+      }),
   });
   lifecycleRef.current = lifecycle;
   lifecycle.start();
@@ -221,6 +232,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   let tls: TlsFiles | undefined;
   try {
     ({ access, tls } = await openAccess(config, dataDir, logger, metricsRegistry, (o) => (server as unknown as HttpsServer).setSecureContext(o)));
+    accessRef.current = access;
   } catch (err) {
     await warm.stop();
     await traffic.stop();

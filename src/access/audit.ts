@@ -216,6 +216,11 @@ export function parseSince(value: string, now: number, parseDuration: (v: string
   return now - parseDuration(v);
 }
 
+/** What a garbage collection did, as an audit entry's detail. */
+export function gcAuditDetail(r: { dryRun?: boolean; tags?: number; manifests?: number; blobs?: number; uploads?: number; bytesFreed?: number }): string {
+  return `${r.dryRun ? 'dry run: ' : ''}${r.tags ?? 0} tags, ${r.manifests ?? 0} manifests, ${r.blobs ?? 0} blobs, ${r.uploads ?? 0} uploads, ${r.bytesFreed ?? 0} bytes`;
+}
+
 /** One line per entry for a terminal: TIME USER FROM ACTION RESULT REPOSITORY REFERENCE DIGEST DETAIL. */
 export function formatAuditLine(e: AuditEntry): string {
   const what = `${e.repository ?? '-'}${e.reference ? `:${e.reference}` : ''}`;

@@ -18,6 +18,8 @@ export interface LifecycleOptions {
   minFree?: SizeOrPercent;
   gcIntervalMs: number;
   gcGraceMs: number;
+  /** Told of each scheduled collection's outcome (the audit log records it). */
+  onScheduledGc?: (outcome: { report?: GcReport; error?: Error }) => void;
   uploadTimeoutMs: number;
   scrubRate: number;
   /** Rest between two scrub passes. */
@@ -82,8 +84,14 @@ export class StoreLifecycle {
     if (this.opts.gcIntervalMs > 0) {
       this.gcTimer = setInterval(() => {
         void this.runGc({})
-          .then(() => this.track(this.restorePins()))
-          .catch((err) => this.opts.logger.error({ err }, 'garbage collection failed'));
+          .then((report) => {
+            this.opts.onScheduledGc?.({ report });
+            this.track(this.restorePins());
+          })
+          .catch((err) => {
+            this.opts.logger.error({ err }, 'garbage collection failed');
+            this.opts.onScheduledGc?.({ error: err as Error });
+          });
       }, this.opts.gcIntervalMs);
       this.gcTimer.unref();
     }

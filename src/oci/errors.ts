@@ -22,6 +22,7 @@ export type OciErrorCode =
   | 'RANGE_INVALID'
   | 'TAG_INVALID'
   | 'PAGINATION_NUMBER_INVALID'
+  | 'PARAMETER_INVALID'
   | 'PAYLOAD_TOO_LARGE'
   | 'UNAVAILABLE'
   | 'STORAGE_FULL'
@@ -46,6 +47,7 @@ export const OCI_STATUS: Readonly<Record<OciErrorCode, number>> = {
   RANGE_INVALID: 416,
   TAG_INVALID: 400,
   PAGINATION_NUMBER_INVALID: 400,
+  PARAMETER_INVALID: 400,
   PAYLOAD_TOO_LARGE: 413,
   UNAVAILABLE: 503,
   STORAGE_FULL: 507,
@@ -102,6 +104,7 @@ export class InvalidError extends ShoalError {
       | 'SIZE_INVALID'
       | 'TAG_INVALID'
       | 'PAGINATION_NUMBER_INVALID'
+      | 'PARAMETER_INVALID'
       | 'RANGE_INVALID'
       | 'PAYLOAD_TOO_LARGE',
     message: string,

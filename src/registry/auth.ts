@@ -14,7 +14,7 @@
  */
 import type { Context, Next } from 'koa';
 import { AbortedError, DeniedError, Digest, UnauthorizedError, isShoalError } from '../oci/index.ts';
-import { ANONYMOUS, AUTH_CHALLENGE, type AccessControl, type AccessScope, type AuditAction, type AuditResult, type Principal, type Remote, type Role } from '../access/index.ts';
+import { ANONYMOUS, AUTH_CHALLENGE, gcAuditDetail, type AccessControl, type AccessScope, type AuditAction, type AuditResult, type Principal, type Remote, type Role } from '../access/index.ts';
 import type { RegistryDeps, RegistryState } from './context.ts';
 import { parsePinPath } from './pins.ts';
 import { matchRoute } from './routes.ts';
@@ -303,7 +303,7 @@ async function afterSuccess(ctx: Context, deps: RegistryDeps, access: AccessCont
   }
   if (need.action === 'gc') {
     const r = ctx.body as { dryRun?: boolean; tags?: number; manifests?: number; blobs?: number; uploads?: number; bytesFreed?: number } | undefined;
-    const detail = r ? `${r.dryRun ? 'dry run: ' : ''}${r.tags ?? 0} tags, ${r.manifests ?? 0} manifests, ${r.blobs ?? 0} blobs, ${r.uploads ?? 0} uploads, ${r.bytesFreed ?? 0} bytes` : undefined;
+    const detail = r ? gcAuditDetail(r) : undefined;
     record('gc', 'ok', { status, detail });
   }
 }

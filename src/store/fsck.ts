@@ -4,6 +4,8 @@ import { AbortedError, Digest, DigestHasher } from '../oci/index.ts';
 import { DiskBlobBytes } from './bytes.ts';
 import { keyParts, keys } from './keys.ts';
 import { LevelKeyValueStore, type KeyValueStore, type KvOp } from './kv.ts';
+import { MIGRATIONS, StoreTooNewError, migrateStore, readStoreFormat, type Migration } from './migrations.ts';
+import { SCHEMA_VERSION } from './keys.ts';
 import type { IoOptions, ManifestRecord, TagRecord, UploadSession } from './types.ts';
 
 export type FsckProblemKind =
@@ -23,7 +25,9 @@ export type FsckProblemKind =
   | 'session-without-file'
   | 'session-file-without-record'
   | 'session-shorter-than-recorded'
-  | 'stale-session';
+  | 'stale-session'
+  | 'format-unrecorded'
+  | 'format-outdated';
 
 export interface FsckProblem {
   kind: FsckProblemKind;
@@ -50,6 +54,8 @@ export interface FsckOptions extends IoOptions {
   fast?: boolean;
   /** Upload sessions idle longer than this are stale (default 24 h). */
   staleSessionMs?: number;
+  /** The format this check reads, and the migrations to it (tests only: the defaults are this Shoal's). */
+  format?: { target: string; migrations: readonly Migration[] };
   /** Called for each blob hashed: progress for a terminal. */
   onProgress?: (done: number, total: number) => void;
 }
@@ -86,16 +92,51 @@ export async function fsckDataDir(dataDir: string, opts: FsckOptions = {}): Prom
     throw err;
   }
   try {
-    return await check(dataDir, kv, new DiskBlobBytes(dataDir), opts);
+    const format = await checkFormat(dataDir, kv, opts);
+    if (format.stop) return format.stop;
+    return await check(dataDir, kv, new DiskBlobBytes(dataDir), opts, format.repaired);
   } finally {
     await kv.close();
   }
 }
 
-async function check(dataDir: string, kv: KeyValueStore, bytes: DiskBlobBytes, opts: FsckOptions): Promise<FsckReport> {
+/**
+ * The store's format version first: a newer store is refused (its layout is unknown here); an older one is
+ * reported, and migrated with `repair` as a node's start would, before the records are read as this format's.
+ * Returns the report when the check cannot go on, else what was repaired.
+ */
+async function checkFormat(dataDir: string, kv: KeyValueStore, opts: FsckOptions): Promise<{ stop?: FsckReport; repaired: FsckProblem[] }> {
+  const target = opts.format?.target ?? SCHEMA_VERSION;
+  let found: string | undefined;
+  try {
+    found = await readStoreFormat(kv, dataDir, target);
+  } catch (err) {
+    if (err instanceof StoreTooNewError) throw new FsckRefusedError(err.message);
+    throw err;
+  }
+  if (found === target) return { repaired: [] };
+  const stop = (problem: FsckProblem) => ({ stop: { dataDir, blobs: 0, bytesHashed: 0, problems: [problem], repaired: false, remaining: 1 }, repaired: [] });
+  if (found === undefined) {
+    const problem: FsckProblem = { kind: 'format-unrecorded', subject: 'meta:schema', detail: `the store records no format version (a node records ${target} when it first opens a store)` };
+    if (!opts.repair) return stop(problem);
+    await kv.batch([{ type: 'put', key: keys.schema(), value: target }]);
+    return { repaired: [{ ...problem, action: `recorded format ${target}` }] };
+  }
+  const problem: FsckProblem = {
+    kind: 'format-outdated',
+    subject: 'meta:schema',
+    detail: `the store has format version ${found}; this Shoal checks format ${target}, so its records were not checked (--repair migrates it first, as a node's start does)`,
+  };
+  if (!opts.repair) return stop(problem);
+  const migrated = await migrateStore(kv, dataDir, { target, migrations: opts.format?.migrations ?? MIGRATIONS, signal: opts.signal });
+  const steps = migrated.ran.map((r) => `${r.from} -> ${r.to} (${r.what})`).join(', ');
+  return { repaired: [{ ...problem, detail: `the store had format version ${found}`, action: `migrated: ${steps}` }] };
+}
+
+async function check(dataDir: string, kv: KeyValueStore, bytes: DiskBlobBytes, opts: FsckOptions, repairedFirst: FsckProblem[]): Promise<FsckReport> {
   const { signal } = opts;
   const repair = opts.repair === true;
-  const problems: FsckProblem[] = [];
+  const problems: FsckProblem[] = [...repairedFirst];
   const ops: KvOp[] = [];
   const filesToRemove: string[] = [];
   const note = (kind: FsckProblemKind, subject: string, detail: string, action: string): void => {

@@ -62,6 +62,24 @@ export interface MigrationReport {
 }
 
 /**
+ * The store's recorded format against `target`: undefined for a store with no record yet, else the version, which
+ * is `target` or older. A newer or unreadable version is refused with StoreTooNewError, naming the store (`where`).
+ */
+export async function readStoreFormat(kv: KeyValueStore, where: string, target: string = SCHEMA_VERSION): Promise<string | undefined> {
+  const found = await kv.get<string>(keys.schema());
+  if (found === undefined) return undefined;
+  if (!(versionNumber(String(found)) <= versionNumber(target))) {
+    throw new StoreTooNewError(
+      'INTERNAL',
+      `the store in ${where} has format version ${JSON.stringify(found)}, which this Shoal does not know (it reads versions 1 to ${target}): ` +
+        'it was written by a newer Shoal. Run that version (or a newer one) on it, or move the directory away to start with an empty store',
+      { found, supported: target },
+    );
+  }
+  return String(found);
+}
+
+/**
  * Brings the store's format to `target`: writes it into a new store, migrates an older one step by step (resuming
  * a step a crash interrupted), refuses a newer or unknown one. `where` names the store in messages.
  */
@@ -72,24 +90,14 @@ export async function migrateStore(
 ): Promise<MigrationReport> {
   const target = opts.target ?? SCHEMA_VERSION;
   const migrations = opts.migrations ?? MIGRATIONS;
-  const found = await kv.get<string>(keys.schema());
+  const found = await readStoreFormat(kv, where, target);
   const report: MigrationReport = { found, ran: [] };
   if (found === undefined) {
     // A new store (no record at all): it starts in the current format.
     await kv.batch([{ type: 'put', key: keys.schema(), value: target }]);
     return report;
   }
-  const have = versionNumber(String(found));
-  const want = versionNumber(target);
-  if (!(have <= want)) {
-    throw new StoreTooNewError(
-      'INTERNAL',
-      `the store in ${where} has format version ${JSON.stringify(found)}, which this Shoal does not know (it reads versions 1 to ${target}): ` +
-        'it was written by a newer Shoal. Run that version (or a newer one) on it, or move the directory away to start with an empty store',
-      { found, supported: target },
-    );
-  }
-  let version = String(found);
+  let version = found;
   while (version !== target) {
     const step = migrations.find((m) => m.from === version);
     if (!step) throw new ShoalError('INTERNAL', `the store in ${where} has format version ${version}, and this Shoal has no migration from it to ${target}`, { found: version });

@@ -448,6 +448,30 @@ describe('access control on a node with users, grants, immutable tags and a webh
     const missing = await runShoal(['audit', '--data', join(work, 'no-such-dir')]);
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /no audit log/);
+    // Through the node's API: GET /shoal/audit for an admin, and `shoal audit --node`.
+    const remote = await runShoal(['audit', '--node', base, '--username', 'ops', '--password', USERS.ops!, '--action', 'gc', '--json']);
+    assert.equal(remote.code, 0, remote.stderr);
+    const gcs = remote.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditEntry);
+    assert.ok(gcs.length >= 1 && gcs.every((e) => e.action === 'gc') && gcs.some((e) => e.user === 'ops'), remote.stdout);
+    const notAdmin = await runShoal(['audit', '--node', base, '--username', 'reader', '--password', USERS.reader!]);
+    assert.equal(notAdmin.code, 1);
+    assert.match(notAdmin.stderr, /answered 403.*admin role/s);
+    const last2 = await request(base, 'GET', '/shoal/audit?limit=2', { headers: { Authorization: auth('ops') } });
+    assert.equal(last2.status, 200, last2.text());
+    const window = last2.json<{ entries: AuditEntry[]; truncated: boolean }>();
+    assert.equal(window.entries.length, 2);
+    assert.equal(window.truncated, true);
+    assert.ok(Date.parse(window.entries[0]!.time) <= Date.parse(window.entries[1]!.time), 'oldest first');
+    assert.equal((await request(base, 'GET', '/shoal/audit', { headers: { Authorization: auth('reader') } })).status, 403);
+    for (const query of ['limit=0', 'limit=x', 'since=soon', 'since=2026-13-45', 'user=a&user=b']) {
+      const r = await request(base, 'GET', `/shoal/audit?${query}`, { headers: { Authorization: auth('ops') } });
+      assert.equal(r.status, 400, `${query}: ${r.text()}`);
+      assert.ok(errorCode(r), `${query}: an OCI error body`);
+    }
+    const shown = await runShoal(['audit', '--node', base, '--username', 'ops', '--password', USERS.ops!, '--limit', '1']);
+    assert.equal(shown.code, 0, shown.stderr);
+    assert.equal(shown.stdout.trim().split('\n').length, 1);
+    assert.match(shown.stderr, /only the last 1 entries/);
   });
 });
 
@@ -633,5 +657,25 @@ describe('a node where everything needs a user (anonymous: none)', () => {
     assert.equal(noFrom.status, 202, 'a mount from anywhere needs pull everywhere');
     const allowed = await request(t.url, 'POST', `/v2/apps/mount/blobs/uploads/?mount=${layer}&from=team/secret`, { headers: { Authorization: auth('ci') } });
     assert.equal(allowed.status, 201);
+  });
+});
+
+describe('scheduled garbage collection in the audit log', () => {
+  let t: TestNode | undefined;
+  after(async () => {
+    await t?.stop();
+  });
+
+  it("the node's own collections are recorded as user shoal from local, with what they removed", async () => {
+    t = await startTestNode({ config: { gcInterval: '200ms', gcGrace: '0s' } });
+    // An upload abandoned at once: the collection has something to say.
+    const started = await request(t.url, 'POST', '/v2/apps/abandoned/blobs/uploads/');
+    assert.equal(started.status, 202);
+    const file = join(t.dataDir, 'audit.log');
+    await waitFor('a scheduled collection in the audit log', async () => (await readAuditFile(file)).some((e) => e.action === 'gc' && e.user === 'shoal'), 15_000);
+    const entry = (await readAuditFile(file)).find((e) => e.action === 'gc' && e.user === 'shoal')!;
+    assert.equal(entry.from, 'local');
+    assert.equal(entry.result, 'ok');
+    assert.match(entry.detail ?? '', /^scheduled: \d+ tags, \d+ manifests, \d+ blobs, \d+ uploads, \d+ bytes$/);
   });
 });

@@ -15,7 +15,7 @@ import { cp, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { openDiskStore, SCHEMA_VERSION, fsckDataDir } from '../../src/store/index.ts';
+import { openDiskStore, SCHEMA_VERSION, fsckDataDir, FsckRefusedError } from '../../src/store/index.ts';
 import { LevelKeyValueStore } from '../../src/store/kv.ts';
 import { MIGRATION_KEY, StoreTooNewError, migrateStore } from '../../src/store/migrations.ts';
 import { keys } from '../../src/store/keys.ts';
@@ -141,11 +141,57 @@ describe('store format: the format-1 fixture, newer stores, migrations killed mi
     assert.equal(r.code, 1, `shoal serve exits: ${r.stderr}`);
     assert.match(r.stderr, /written by a newer Shoal/);
 
+    // fsck refuses it too: it cannot read records of a layout it does not know.
+    await assert.rejects(fsckDataDir(dir, { repair: true }), (err: Error) => {
+      assert.ok(err instanceof FsckRefusedError, err.message);
+      assert.match(err.message, /written by a newer Shoal/);
+      return true;
+    });
+    const f = await runShoal(['fsck', '--data', dir, '--repair']);
+    assert.notEqual(f.code, 0, `shoal fsck fails: ${f.stdout}${f.stderr}`);
+    assert.match(f.stderr, /written by a newer Shoal/);
+
     await kv.open();
     const afterwards: Array<[string, unknown]> = [];
     for await (const e of kv.entries<unknown>('')) afterwards.push(e);
     await kv.close();
     assert.deepEqual(afterwards, before, 'not one record changed');
+  });
+
+  it('fsck of an older store says so and checks nothing; with --repair it migrates it, then checks it', async () => {
+    const dir = await copy();
+    const format = { target: '3', migrations: TEST_MIGRATIONS };
+    const plain = await fsckDataDir(dir, { format });
+    assert.deepEqual(plain.problems.map((p) => p.kind), ['format-outdated']);
+    assert.match(plain.problems[0]!.detail, /format version 1; this Shoal checks format 3/);
+    assert.equal(plain.remaining, 1);
+    const kv = new LevelKeyValueStore(join(dir, 'db'));
+    await kv.open();
+    assert.equal(await kv.get(keys.schema()), '1', 'a check without --repair changes nothing');
+    await kv.close();
+
+    const repaired = await fsckDataDir(dir, { format, repair: true });
+    assert.deepEqual(repaired.problems.map((p) => p.kind), ['format-outdated'], 'migrated, and then nothing else was wrong');
+    assert.match(repaired.problems[0]!.action ?? '', /migrated: 1 -> 2 \(tag records get migratedTo2\), 2 -> 3/);
+    await kv.open();
+    assert.equal(await kv.get(keys.schema()), '3');
+    await kv.close();
+    const again = await fsckDataDir(dir, { format });
+    assert.deepEqual(again.problems, [], 'a second run is clean');
+    assert.ok(repaired.blobs >= Object.keys(expected.blobs).length, 'the records were checked after the migration');
+    assert.equal(repaired.blobs, again.blobs);
+  });
+
+  it('fsck of a store with no format record reports it; --repair records the current one', async () => {
+    const dir = await copy();
+    const kv = new LevelKeyValueStore(join(dir, 'db'));
+    await kv.open();
+    await kv.batch([{ type: 'del', key: keys.schema() }]);
+    await kv.close();
+    assert.deepEqual((await fsckDataDir(dir)).problems.map((p) => p.kind), ['format-unrecorded']);
+    const repaired = await fsckDataDir(dir, { repair: true });
+    assert.deepEqual(repaired.problems.map((p) => [p.kind, p.action]), [['format-unrecorded', `recorded format ${SCHEMA_VERSION}`]]);
+    assert.deepEqual((await fsckDataDir(dir)).problems, []);
   });
 
   it('a migration killed in the middle of a step resumes at the next open and ends in the new format', async () => {
