@@ -108,7 +108,7 @@ export function buildProgram(): Command {
       .option('--since <when>', 'only entries since a duration ago (90m, 2d) or a date (2026-11-30, 2026-11-30T08:00:00Z)')
       .option('--user <name>', 'only entries of this user or token (anonymous for callers without credentials)')
       .option('--repo <prefix>', 'only entries of repositories starting with this prefix')
-      .option('--action <action>', 'only this action: push, tag-move, upload, delete, import, pin, unpin, gc, pull, admin, login')
+      .option('--action <action>', 'only this action: push, tag-move, upload, delete, import, pin, unpin, gc, prefetch, pull, admin, login')
       .option('--json', 'print the entries as JSON lines'),
     'the node (with --node: a user with the admin role)',
   ).action(async (opts: AuditFlags) => {

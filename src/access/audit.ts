@@ -18,6 +18,7 @@ export type AuditAction =
   | 'pin'
   | 'unpin'
   | 'gc'
+  | 'prefetch' // images warmed on request (the references, on this node or on every node)
   | 'pull' // recorded only when refused
   | 'admin' // other admin calls (status, peers, the pin list), recorded only when refused
   | 'login'; // a failed authentication

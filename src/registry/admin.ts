@@ -61,6 +61,10 @@ async function handleViews(ctx: Context, deps: RegistryDeps): Promise<boolean> {
     const body = (await readJsonBody(ctx, MAX_PREFETCH_BODY)) as { refs?: unknown; allNodes?: unknown; pin?: unknown } | null;
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new InvalidError('NAME_INVALID', 'send {"refs":[...],"allNodes":bool,"pin":bool}');
     const request = { refs: body.refs as string[], allNodes: body.allNodes === true, pin: body.pin === true };
+    if (Array.isArray(body.refs)) {
+      const refs = body.refs.slice(0, 20).map((r) => String(r).slice(0, 200)).join(' ');
+      (ctx.state as RegistryState).auditDetail = `${refs}${body.refs.length > 20 ? ' ...' : ''}${request.allNodes ? ' on every node' : ''}${request.pin ? ', pinned' : ''}`;
+    }
     const run = admin.prefetch;
     // Progress goes out as JSON lines while the work runs; the last line is the result (or the error).
     const out = new PassThrough();

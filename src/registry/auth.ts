@@ -69,7 +69,8 @@ function classify(ctx: Context): Need | 'base' | undefined {
     return { role: 'admin', scope: { repository: target.repository }, action, repository: target.repository, reference: target.tag, digest: target.digest, route: 'pins' };
   }
   if (path === '/shoal' || path.startsWith('/shoal/')) {
-    return { role: 'admin', scope: { node: true }, action: path === '/shoal/gc' && method === 'POST' ? 'gc' : 'admin', route: 'admin' };
+    const action: AuditAction = method !== 'POST' ? 'admin' : path === '/shoal/gc' ? 'gc' : path === '/shoal/prefetch' ? 'prefetch' : 'admin';
+    return { role: 'admin', scope: { node: true }, action, route: 'admin' };
   }
   return undefined;
 }
@@ -89,7 +90,7 @@ function agentOf(ctx: Context): string | undefined {
 }
 
 /** Actions recorded whatever their result; others (reads) only when refused. */
-const RECORDED: ReadonlySet<AuditAction> = new Set(['push', 'import', 'delete', 'pin', 'unpin', 'gc']);
+const RECORDED: ReadonlySet<AuditAction> = new Set(['push', 'import', 'delete', 'pin', 'unpin', 'gc', 'prefetch']);
 
 /** The Koa middleware; it sits after the error middleware, so what it throws becomes OCI error JSON. */
 export function authMiddleware(deps: RegistryDeps, access: AccessControl) {
@@ -154,7 +155,9 @@ export function authMiddleware(deps: RegistryDeps, access: AccessControl) {
       if (err instanceof AbortedError || (err as { code?: string }).code === 'ECONNRESET') throw err; // the client went away
       const result: AuditResult | undefined = status === 403 ? 'denied' : status === 401 ? 'unauthorized' : status >= 500 ? 'failed' : undefined;
       if (result && (RECORDED.has(need.action) || need.action === 'upload')) {
-        record(need.action, result, { repository, reference: need.reference, digest: need.digest, status, detail: (err as Error).message?.slice(0, 300) });
+        const asked = (ctx.state as RegistryState).auditDetail;
+        const detail = `${asked ? `${asked}: ` : ''}${(err as Error).message ?? ''}`.slice(0, 300);
+        record(need.action, result, { repository, reference: need.reference, digest: need.digest, status, detail });
       }
       throw err;
     }
@@ -306,4 +309,5 @@ async function afterSuccess(ctx: Context, deps: RegistryDeps, access: AccessCont
     const detail = r ? gcAuditDetail(r) : undefined;
     record('gc', 'ok', { status, detail });
   }
+  if (need.action === 'prefetch') record('prefetch', 'ok', { status, detail: (ctx.state as RegistryState).auditDetail });
 }

@@ -81,4 +81,6 @@ export interface RegistryState {
   mayPull?: (repository: string) => boolean;
   /** Whether the caller may administer a repository: the pin list shows only those (set by the access middleware). */
   mayAdmin?: (repository: string) => boolean;
+  /** What a handler tells the audit log about the request it served (an admin call's arguments). */
+  auditDetail?: string;
 }

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { startDockerRegistry, pushRandomImage, pushManifest, type DockerRegistry, type PushedImage } from '../helpers/seed-registry.ts';
 import { ShoalProcesses, runShoal, type RunResult, type ShoalProcess } from '../helpers/spawn-node.ts';
 import { startCluster, type Cluster } from '../helpers/cluster.ts';
+import type { AuditEntry } from '../../src/access/index.ts';
 
 function ok(r: RunResult): RunResult {
   assert.equal(r.code, 0, `exit ${r.code}\n--- stdout ---\n${r.stdout}\n--- stderr ---\n${r.stderr}`);
@@ -211,6 +212,11 @@ describe('shoal prefetch --all-nodes and status --cluster (3 nodes, docker-regis
     const bad = await runShoal(['prefetch', 'Not A Ref', '--node', n0!.url]);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /answered 400: NAME_INVALID/);
+    // The audit log of the node asked says who warmed what, and where.
+    const audit = JSON.parse(ok(await runShoal(['audit', '--node', n0!.url, '--action', 'prefetch', '--json'])).stdout.trim().split('\n')[0]!) as AuditEntry;
+    assert.equal(audit.result, 'ok');
+    assert.equal(audit.from, '127.0.0.1');
+    assert.equal(audit.detail, `${ref} on every node, pinned`);
   });
 
   it('a node keeps the warmImages of its config: fetched at start-up and pinned', async () => {
