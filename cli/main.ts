@@ -52,6 +52,7 @@ export function buildProgram(): Command {
     .option('--tls-key <file>', 'PEM key of the endpoint; reloaded when it changes [env SHOAL_TLS_KEY]')
     .option('--audit-log <file>', 'the audit log [default: <data>/audit.log, env SHOAL_AUDIT_LOG]')
     .option('--webhook <url>', 'tell this URL about every push and delete (repeatable) [env SHOAL_WEBHOOKS]', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--policy <file>', 'signature policy (a containers-policy.json subset): only images it allows are served; reloaded when it changes [env SHOAL_POLICY_FILE]')
     .addHelpText('after', `\n${SIZE_HELP}`)
     .action(async (opts: ServeFlags) => {
       const { serveCommand } = await import('./serve.ts');

@@ -26,6 +26,7 @@ import { PullThrough } from './source/pull-through.ts';
 import type { SeedDirectory, SeedSet } from './source/types.ts';
 import { SeedClient } from './upstream/index.ts';
 import type { SeedConfig } from './config/index.ts';
+import { PolicyEngine } from './policy/index.ts';
 
 /** The version `shoal status` reports. */
 const NODE_VERSION = '0.1.0';
@@ -99,11 +100,19 @@ export interface StartOptions {
 export async function startNode(config: ShoalConfig, opts: StartOptions = {}): Promise<ShoalNode> {
   const logger = opts.logger ?? createLogger(config.logLevel);
   const dataDir = resolve(config.dataDir);
-  const store = await openDiskStore(dataDir, { signal: opts.signal });
+  const metricsRegistry = new Registry();
+  // The signature policy is read first: a node told to enforce one does not start without it.
+  const policy = config.policyFile ? await PolicyEngine.open({ file: resolve(config.policyFile), logger, metrics: metricsRegistry }) : undefined;
+  let store: Awaited<ReturnType<typeof openDiskStore>>;
+  try {
+    store = await openDiskStore(dataDir, { signal: opts.signal });
+  } catch (err) {
+    await policy?.stop();
+    throw err;
+  }
   if (store.recovered.orphanFiles > 0 || store.recovered.lostRecords > 0) {
     logger.warn({ ...store.recovered, dataDir }, 'start-up recovery: deleted files no record names (writes a crash cut short) and dropped records whose files were missing');
   }
-  const metricsRegistry = new Registry();
   const metrics = new RegistryMetrics(metricsRegistry, () => store.stats());
   const pullMetrics = new PullMetrics(metricsRegistry);
   const seeds = new ConfiguredSeeds(config, logger);
@@ -152,6 +161,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       await peers.start();
     } catch (err) {
       await peers.stop().catch(() => undefined);
+      await policy?.stop();
       await seeds.close();
       await store.close();
       throw err;
@@ -189,6 +199,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   } catch (err) {
     await lifecycle.stop();
     await peerService?.stop();
+    await policy?.stop();
     await seeds.close();
     await store.close();
     throw err;
@@ -206,6 +217,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       ready: () => accepting,
       access,
       onStorageFull: () => lifecycle.storageFull(),
+      policy,
       admin: {
         status: async (o) => ({
           version: NODE_VERSION,
@@ -265,6 +277,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     await ops?.close();
     await lifecycle.stop();
     await peerService?.stop();
+    await policy?.stop();
     await seeds.close();
     await store.close();
     throw err;
@@ -301,6 +314,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       await ops?.close();
       await lifecycle.stop();
       await peerService?.stop();
+      await policy?.stop();
       await seeds.close();
       await store.close();
       logger.info('stopped');

@@ -110,6 +110,8 @@ export interface ShoalConfig {
   auditKeep: number;
   /** URLs told about every push and delete. */
   webhooks: WebhookConfig[];
+  /** Signature policy file (a containers-policy.json subset); empty: every image is served. Reloaded when it changes. */
+  policyFile: string;
 }
 
 export function defaultConfig(): ShoalConfig {
@@ -159,6 +161,7 @@ export function defaultConfig(): ShoalConfig {
     auditMaxSize: '10M',
     auditKeep: 5,
     webhooks: [],
+    policyFile: '',
   };
 }
 
@@ -226,6 +229,7 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   auditMaxSize: 'optional',
   auditKeep: 'number',
   webhooks: 'webhooks',
+  policyFile: 'optional',
 };
 
 /** A duration setting in milliseconds: `90s`, `15m`, `6h`, `2d`, or a number of milliseconds; 0 allowed. */

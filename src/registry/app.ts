@@ -6,6 +6,7 @@ import { matchRoute } from './routes.ts';
 import { handlePins } from './pins.ts';
 import { handleAdmin } from './admin.ts';
 import { authMiddleware } from './auth.ts';
+import { handlePolicyVerify } from './policy.ts';
 
 /** What a request was storing, for the message of a full disk. */
 function storing(ctx: Context): string {
@@ -193,6 +194,11 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
     if (ctx.path === '/shoal/status' || ctx.path === '/shoal/gc' || ctx.path === '/shoal/content') {
       state.route = ctx.path.slice('/shoal/'.length);
       await handleAdmin(ctx, deps);
+      return;
+    }
+    if (ctx.path === '/shoal/policy/verify') {
+      state.route = 'policy';
+      await handlePolicyVerify(ctx, deps);
       return;
     }
     if (ctx.path === '/shoal/pins' || ctx.path.startsWith('/shoal/pins/')) {

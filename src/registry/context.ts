@@ -4,6 +4,7 @@ import type { PullThrough } from '../source/pull-through.ts';
 import type { PullMetrics } from '../source/metrics.ts';
 import type { RegistryMetrics } from './metrics.ts';
 import type { AccessControl, Principal } from '../access/index.ts';
+import type { PolicyEngine } from '../policy/index.ts';
 
 /** What every handler gets besides the Koa context. */
 export interface RegistryDeps {
@@ -28,6 +29,8 @@ export interface RegistryDeps {
    * freed: the place to start eviction. Must not block; what it throws is logged and ignored.
    */
   onStorageFull?: () => void;
+  /** The signature policy (`serve --policy FILE`); undefined: every image is served. */
+  policy?: PolicyEngine;
 }
 
 /** Operations on the node as a whole, served under /shoal/. */

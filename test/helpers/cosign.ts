@@ -11,7 +11,8 @@
 import { generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MediaTypes, pushBlob, putManifest, sha256, type Descriptor } from './oci-client.ts';
+import { MediaTypes, sha256, type Descriptor } from './oci-client.ts';
+import { pushBlob, pushManifest } from './seed-registry.ts';
 
 /** What a signature names as its subject. */
 export interface Subject {
@@ -159,8 +160,7 @@ export function bundleReferrer(key: SigningKey, subject: Subject, opts: SignOpti
  */
 export async function pushSignature(base: string, repo: string, artifact: SignatureArtifact, opts: { referrersTag?: { subject: string; artifactType: string } } = {}): Promise<void> {
   for (const b of artifact.blobs) await pushBlob(base, repo, b);
-  const res = await putManifest(base, repo, artifact.tag ?? artifact.digest, artifact.manifest, artifact.mediaType);
-  if (res.status !== 201) throw new Error(`push signature to ${repo}: ${res.status} ${res.text()}`);
+  await pushManifest(base, repo, artifact.tag ?? artifact.digest, artifact.manifest, artifact.mediaType);
   if (opts.referrersTag) {
     const index = Buffer.from(
       JSON.stringify({
@@ -170,7 +170,6 @@ export async function pushSignature(base: string, repo: string, artifact: Signat
       }),
     );
     const tag = `sha256-${opts.referrersTag.subject.slice('sha256:'.length)}`;
-    const r = await putManifest(base, repo, tag, index, MediaTypes.OciIndex);
-    if (r.status !== 201) throw new Error(`push referrers index to ${repo}: ${r.status} ${r.text()}`);
+    await pushManifest(base, repo, tag, index, MediaTypes.OciIndex);
   }
 }
