@@ -202,6 +202,17 @@ function addLifecycleCommands(program: Command): void {
     });
   withRegistryAccess(
     program
+      .command('verify-image')
+      .description("a node's verdict on one image under its signature policy: the rule, each signature found and why it counts or not")
+      .argument('<ref>', 'the image as containerd names it, e.g. registry.local/apps/web:1.0 or docker.io/library/nginx@sha256:...')
+      .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
+      .option('--json', 'print JSON'),
+    'the node (a user with the admin role)',
+  ).action(async (ref: string, opts: { node: string; json?: boolean }) => {
+      await (await import('./verify-image.ts')).verifyImageCommand(ref, opts);
+    });
+  withRegistryAccess(
+    program
       .command('status')
       .description("a running node's disk use against its quota and free-space mark, pins, last GC and scrub, peers")
       .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')

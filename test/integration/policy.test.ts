@@ -9,6 +9,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startTestNode, type TestNode } from '../helpers/node.ts';
+import { runShoal } from '../helpers/spawn-node.ts';
 import { scrape } from '../helpers/metrics.ts';
 import { pushManifest, pushRandomImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/seed-registry.ts';
 import { bundleReferrer, generateSigningKey, pushSignature, sigReferrer, sigTag, writePublicKey, type SigningKey } from '../helpers/cosign.ts';
@@ -208,6 +209,32 @@ describe('signature policy, enforce mode, pull-through', () => {
     assert.equal(v.served, false);
     assert.equal(v.reason, 'wrong-key');
     assert.deepEqual(v.signatures.map((s) => [s.format, s.outcome]), [['simple-signing-tag', 'wrong-key']]);
+  });
+});
+
+describe('shoal verify-image', () => {
+  let node: TestNode;
+  before(async () => {
+    ({ node } = await policyNode(SITE_POLICY));
+  });
+  after(async () => {
+    await node?.stop();
+  });
+
+  it('explains an allowed image (exit 0) and a refused one (exit 1), naming rule, signatures and reason', async () => {
+    const ok = await runShoal(['verify-image', 'registry.local/apps/bundled:v1', '--node', node.url]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /verdict: allowed \(signed\)/);
+    assert.match(ok.stdout, /sigstore-bundle sha256:[0-9a-f]{64}: valid: signed by .*a\.pub/);
+    const refused = await runShoal(['verify-image', 'registry.local/apps/otherdigest:v1', '--node', node.url]);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(refused.stdout, /rule: rule transports\.docker\["registry\.local\/apps"\]/);
+    assert.match(refused.stdout, /verdict: denied \(digest-mismatch\): not served/);
+    const hub = await runShoal(['verify-image', 'nginx:v1', '--node', node.url, '--json']);
+    assert.equal(hub.code, 1, hub.stderr);
+    const v = JSON.parse(hub.stdout) as { image: string; reason: string };
+    assert.equal(v.image, 'docker.io/library/nginx');
+    assert.equal(v.reason, 'rejected');
   });
 });
 
