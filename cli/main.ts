@@ -156,6 +156,7 @@ function addBundleCommands(program: Command): void {
       .option('--trust <pubkey.pem>', 'refuse the bundle unless this ed25519 key signed it (repeatable)', repeatable)
       .option('--repository <registry/repository>', 'for tars that name images by a bare tag or not at all: the repository to put them in')
       .option('--no-pin', 'do not pin the imported images (by default each image and its referrers are pinned)')
+      .option('--policy <file>', 'signature policy every image must satisfy (as serve --policy); one refused image refuses the whole bundle')
       .option('--json', 'print progress and the result as JSON lines on stdout'),
     'the node',
   ).action(async (file: string, opts: ImportFlags) => {
