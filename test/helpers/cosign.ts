@@ -80,6 +80,24 @@ export interface SignOptions {
   reference?: string;
   /** Sign this digest instead of the image's (a signature over another digest). */
   signedDigest?: string;
+  /** Embed a transparency-log entry for the signature, its timestamp signed by this (test) Rekor key. */
+  rekor?: SigningKey;
+}
+
+/** A Rekor entry for `signature` and its signed entry timestamp (over the canonical JSON of the entry). */
+export function rekorEntry(rekor: SigningKey, signature: string): { body: string; integratedTime: number; logIndex: number; logIDHex: string; set: string } {
+  const body = Buffer.from(JSON.stringify({ apiVersion: '0.0.1', kind: 'hashedrekord', spec: { signature: { content: signature } } })).toString('base64');
+  const integratedTime = 1_764_000_000;
+  const logIndex = 4242;
+  const logIDHex = sha256(Buffer.from(rekor.publicPem)).slice(7);
+  // Keys in sorted order, no spaces: the canonical form Rekor signs.
+  const canonical = JSON.stringify({ body, integratedTime, logID: logIDHex, logIndex });
+  return { body, integratedTime, logIndex, logIDHex, set: signBytes(rekor, Buffer.from(canonical)).toString('base64') };
+}
+
+function cosignRekorBundle(rekor: SigningKey, signature: string): string {
+  const e = rekorEntry(rekor, signature);
+  return JSON.stringify({ SignedEntryTimestamp: e.set, Payload: { body: e.body, integratedTime: e.integratedTime, logIndex: e.logIndex, logID: e.logIDHex } });
 }
 
 function simpleSigningManifest(key: SigningKey, digest: string, opts: SignOptions, extra: Record<string, unknown>): { blobs: Buffer[]; manifest: Buffer } {
@@ -92,7 +110,14 @@ function simpleSigningManifest(key: SigningKey, digest: string, opts: SignOption
     mediaType: MediaTypes.OciManifest,
     ...(extra.artifactType ? { artifactType: extra.artifactType } : {}),
     config: configDescriptor,
-    layers: [descriptor(payload, 'application/vnd.dev.cosign.simplesigning.v1+json', { annotations: { 'dev.cosignproject.cosign/signature': signature } })],
+    layers: [
+      descriptor(payload, 'application/vnd.dev.cosign.simplesigning.v1+json', {
+        annotations: {
+          'dev.cosignproject.cosign/signature': signature,
+          ...(opts.rekor ? { 'dev.sigstore.cosign/bundle': cosignRekorBundle(opts.rekor, signature) } : {}),
+        },
+      }),
+    ],
     ...(extra.subject ? { subject: extra.subject } : {}),
   };
   return { blobs: [extra.artifactType ? EMPTY : config, payload], manifest: Buffer.from(JSON.stringify(doc)) };
@@ -118,6 +143,18 @@ function pae(type: string, body: Buffer): Buffer {
   return Buffer.concat([Buffer.from(`DSSEv1 ${t.length} `), t, Buffer.from(` ${body.length} `), body]);
 }
 
+function bundleTlogEntry(rekor: SigningKey, signature: string): Record<string, unknown> {
+  const e = rekorEntry(rekor, signature);
+  return {
+    logIndex: String(e.logIndex),
+    logId: { keyId: Buffer.from(e.logIDHex, 'hex').toString('base64') },
+    kindVersion: { kind: 'dsse', version: '0.0.1' },
+    integratedTime: String(e.integratedTime),
+    inclusionPromise: { signedEntryTimestamp: e.set },
+    canonicalizedBody: e.body,
+  };
+}
+
 const BUNDLE_TYPE = 'application/vnd.dev.sigstore.bundle.v0.3+json';
 
 /** cosign 3's default: a Sigstore bundle v0.3 referrer (DSSE over an in-toto statement of the image digest). */
@@ -136,7 +173,10 @@ export function bundleReferrer(key: SigningKey, subject: Subject, opts: SignOpti
   const bundle = Buffer.from(
     JSON.stringify({
       mediaType: opts.bundleMediaType ?? BUNDLE_TYPE,
-      verificationMaterial: { publicKey: { hint: sha256(Buffer.from(key.publicPem)).slice(7, 39) } },
+      verificationMaterial: {
+        publicKey: { hint: sha256(Buffer.from(key.publicPem)).slice(7, 39) },
+        ...(opts.rekor ? { tlogEntries: [bundleTlogEntry(opts.rekor, sig)] } : {}),
+      },
       dsseEnvelope: { payload: statement.toString('base64'), payloadType, signatures: [{ sig, keyid: '' }] },
     }),
   );

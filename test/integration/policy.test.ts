@@ -238,6 +238,21 @@ describe('shoal verify-image', () => {
   });
 });
 
+describe('a policy file that cannot be used', () => {
+  it('stops `shoal serve` from starting, saying what is wrong and where', async () => {
+    const bad = join(dir, 'bad-policy.json');
+    await writeFile(bad, JSON.stringify({ default: [{ type: 'sigstoreSigned', keyPath: 'missing.pub' }] }));
+    const data = await mkdtemp(join(tmpdir(), 'shoal-policy-bad-'));
+    try {
+      const r = await runShoal(['serve', '--data', data, '--listen', '127.0.0.1:0', '--policy', bad]);
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /bad-policy\.json: default\[0\]\.keyPath: cannot read key .*missing\.pub: ENOENT/);
+    } finally {
+      await rm(data, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('signature policy, warn mode', () => {
   let node: TestNode;
   before(async () => {

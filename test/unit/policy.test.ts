@@ -210,6 +210,24 @@ describe('signature formats', () => {
     assert.equal(a.reason, 'accept-anything');
   });
 
+  it('with a pinned Rekor key, a signature needs a transparency-log entry that key signed (checked offline)', async () => {
+    const rekor = generateSigningKey('ecdsa');
+    const fake = generateSigningKey('ecdsa');
+    const rekorPath = await writePublicKey(dir, 'rekor.pub', rekor);
+    const policy = await parsePolicy(JSON.stringify({ default: [{ type: 'sigstoreSigned', keyPath: paths.get('ecdsa'), rekorPublicKeyPath: rekorPath }] }), 'p', dir);
+    const k = keys.get('ecdsa')!;
+    for (const make of [(o: { rekor?: SigningKey }) => sigTag(k, image.digest, o), (o: { rekor?: SigningKey }) => bundleReferrer(k, image, o)]) {
+      const good = await judgeImage(new MemorySource().add(make({ rekor })), 'registry.local/app', image.digest, policy.default);
+      assert.equal(good.allowed, true, good.message);
+      const none = await judgeImage(new MemorySource().add(make({})), 'registry.local/app', image.digest, policy.default);
+      assert.equal(none.reason, 'tlog-invalid');
+      assert.match(none.message, /no transparency-log entry/);
+      const forged = await judgeImage(new MemorySource().add(make({ rekor: fake })), 'registry.local/app', image.digest, policy.default);
+      assert.equal(forged.reason, 'tlog-invalid');
+      assert.match(forged.message, /not signed by the pinned Rekor key/);
+    }
+  });
+
   it('PAE is the DSSE encoding', () => {
     assert.equal(preAuthEncoding('application/example', Buffer.from('hello world')).toString(), 'DSSEv1 19 application/example 11 hello world');
   });
