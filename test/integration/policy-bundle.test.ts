@@ -107,6 +107,20 @@ describe('signature policy: bundles and peers', () => {
     assert.match(r.stderr, /bundle refused: the signature policy .* refuses 1 .*apps\/unsigned:v1: no signature/);
   });
 
+  it('in warn mode, the same bundle imports, with a warning naming the unsigned image', async () => {
+    const warnFile = join(dir, 'warn.json');
+    await writeFile(warnFile, JSON.stringify({ mode: 'warn', default: [{ type: 'sigstoreSigned', keyPath: 'release.pub' }] }));
+    const target = new NodeTarget({ url: other.url });
+    try {
+      const result = await importBundle({ input: await openBundleInput(badBundle), target, progress: new SilentProgress(), policy: await readPolicyFile(warnFile) });
+      assert.deepEqual(result.images.map((i) => i.action), ['imported', 'imported', 'imported'], 'two images and the .sig tag of the signed one');
+      assert.ok(result.warnings.some((w) => /warn mode\): imported, but would be refused: .*apps\/unsigned@sha256:[0-9a-f]{64} is refused by the default rule: no signature/.test(w)), result.warnings.join('\n'));
+    } finally {
+      await target.close();
+    }
+    assert.equal((await get(`${other.url}/v2/${seed.hostPort.replace(':', '-')}/apps/unsigned/manifests/v1`)).status, 200);
+  });
+
   it('signed images import under the policy with their signatures, and a policy node pulls them from the peer', async () => {
     const target = new NodeTarget({ url: plain.url });
     let result;
