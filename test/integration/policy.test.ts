@@ -202,6 +202,7 @@ describe('signature policy, enforce mode, pull-through', () => {
     const denied = audit.find((e) => e.repository === 'registry.local/apps/unsigned' && e.result === 'denied');
     assert.ok(denied, 'a refusal is in the audit log');
     assert.match(denied.detail!, /signature policy: .*no signature/);
+    assert.equal(audit.filter((e) => e.repository === 'registry.local/apps/signed').length, 0, 'allowed pulls are not audited');
     const res = await fetch(`${node.url}/shoal/policy/verify?repository=apps/otherkey&reference=v1&ns=registry.local`);
     assert.equal(res.status, 200);
     const v = (await res.json()) as { result: string; reason: string; rule: string; served: boolean; signatures: Array<{ format: string; outcome: string }> };
@@ -274,5 +275,8 @@ describe('signature policy, warn mode', () => {
     assert.equal(metrics.get('shoal_policy_decisions_total', { result: 'warned', reason: 'wrong-key' }), 1);
     assert.equal(metrics.get('shoal_policy_decisions_total', { result: 'warned', reason: 'digest-mismatch' }), 1);
     assert.equal(metrics.get('shoal_policy_decisions_total', { result: 'denied' }), 0);
+    const audit = (await readFile(join(node.dataDir, 'audit.log'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as Record<string, string>);
+    const warned = audit.filter((e) => e.result === 'ok' && /warn mode, served/.test(e.detail ?? ''));
+    assert.deepEqual(warned.map((e) => e.repository).sort(), ['registry.local/apps/otherdigest', 'registry.local/apps/otherkey', 'registry.local/apps/unsigned']);
   });
 });
