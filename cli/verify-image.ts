@@ -34,13 +34,12 @@ export async function verifyImageCommand(ref: string, flags: { node: string; jso
   const v = (await nodeRequest(flags.node, `/shoal/policy/verify?${query}`, 'GET', flags)) as PolicyVerdict;
   if (flags.json) process.stdout.write(JSON.stringify(v, null, 2) + '\n');
   else {
-    const lines = [`image: ${v.image}${v.digest ? `@${v.digest}` : ''}`];
-    if (!v.policy) lines.push(v.message);
-    else {
+    // The sentence first: containerd's image verifier shows the first line as its reason.
+    const lines = [v.message, `image: ${v.image}${v.digest ? `@${v.digest}` : ''}`];
+    if (v.policy) {
       lines.push(`policy: ${v.policyFile} (mode ${v.mode})`, `rule: ${v.rule}`, `verdict: ${v.result} (${v.reason})${v.served ? '' : ': not served'}`);
       for (const s of v.signatures ?? []) lines.push(`  ${s.format} ${s.artifact}: ${s.outcome}: ${s.detail}`);
       if ((v.signatures ?? []).length === 0 && v.reason !== 'rejected' && v.reason !== 'accept-anything') lines.push('  no signature found');
-      lines.push(v.message);
     }
     process.stdout.write(lines.join('\n') + '\n');
   }

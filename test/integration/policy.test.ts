@@ -9,7 +9,10 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startTestNode, type TestNode } from '../helpers/node.ts';
-import { runShoal } from '../helpers/spawn-node.ts';
+import { SHOAL_BIN, runShoal } from '../helpers/spawn-node.ts';
+import { spawn } from 'node:child_process';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { scrape } from '../helpers/metrics.ts';
 import { pushManifest, pushRandomImage, sha256, startDockerRegistry, type DockerRegistry } from '../helpers/seed-registry.ts';
 import { bundleReferrer, generateSigningKey, pushSignature, sigReferrer, sigTag, writePublicKey, type SigningKey } from '../helpers/cosign.ts';
@@ -236,6 +239,40 @@ describe('shoal verify-image', () => {
     const v = JSON.parse(hub.stdout) as { image: string; reason: string };
     assert.equal(v.image, 'docker.io/library/nginx');
     assert.equal(v.reason, 'rejected');
+  });
+});
+
+describe('deploy/containerd/shoal-image-verifier', () => {
+  let node: TestNode;
+  before(async () => {
+    ({ node } = await policyNode(SITE_POLICY));
+  });
+  after(async () => {
+    await node?.stop();
+  });
+
+  /** Runs the verifier as containerd's bindir plugin does: flags, and the image's descriptor on stdin. */
+  const verifier = (name: string, digest: string): Promise<{ code: number; stdout: string }> =>
+    new Promise((resolve, reject) => {
+      const script = join(dirname(fileURLToPath(import.meta.url)), '../../deploy/containerd/shoal-image-verifier');
+      const child = spawn(script, ['-name', name, '-digest', digest, '-stdin-media-type', 'application/vnd.oci.descriptor.v1+json'], {
+        env: { PATH: process.env.PATH ?? '/usr/bin:/bin', SHOAL: SHOAL_BIN, SHOAL_NODE: node.url },
+        stdio: ['pipe', 'pipe', 'inherit'],
+      });
+      let stdout = '';
+      child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+      child.on('error', reject);
+      child.on('close', (code) => resolve({ code: code ?? -1, stdout }));
+      child.stdin.end(JSON.stringify({ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest, size: 1 }));
+    });
+
+  it('allows a signed image (exit 0) and blocks an unsigned one, the reason on its first line', async () => {
+    const ok = await verifier('registry.local/apps/signed:v1', images['apps/signed']!.digest);
+    assert.equal(ok.code, 0, ok.stdout);
+    assert.match(ok.stdout.split('\n')[0]!, /is allowed by rule transports\.docker\["registry\.local\/apps"\]: signed by/);
+    const no = await verifier('registry.local/apps/unsigned:v1', images['apps/unsigned']!.digest);
+    assert.notEqual(no.code, 0);
+    assert.match(no.stdout.split('\n')[0]!, /registry\.local\/apps\/unsigned@sha256:[0-9a-f]{64} is refused by .*: no signature was found/);
   });
 });
 
