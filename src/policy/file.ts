@@ -114,10 +114,8 @@ async function parseRequirement(raw: unknown, base: string, where: string): Prom
   if (type === 'reject') return { type };
   if (type === 'insecureAcceptAnything') return { type };
   if (raw.signedIdentity !== undefined) {
-    const si = raw.signedIdentity;
-    if (!isObject(si) || si.type !== 'matchRepoDigestOrExact') {
-      throw new PolicyError(`${where}: signedIdentity ${JSON.stringify(si)} is not supported; leave it out (the signed digest is always checked)`);
-    }
+    // Refused rather than ignored: a check the operator asked for must not be skipped silently.
+    throw new PolicyError(`${where}: signedIdentity is not supported (the identity a signature names is not compared); leave it out: the signed digest is always checked against the digest served`);
   }
   const given = ['keyPath', 'keyPaths', 'keyData'].filter((f) => raw[f] !== undefined);
   if (given.length !== 1) throw new PolicyError(`${where}: sigstoreSigned needs exactly one of keyPath, keyPaths or keyData${given.length > 1 ? ` (it has ${given.join(' and ')})` : ''}`);

@@ -9,6 +9,7 @@ import { parseManifest, type Descriptor } from '../../src/oci/index.ts';
 import { PolicyEngine, PolicyError, isSignatureArtifact, judgeImage, parsePolicy, preAuthEncoding, ruleFor, type SignatureSource } from '../../src/policy/index.ts';
 import { bundleReferrer, generateSigningKey, sigReferrer, sigTag, writePublicKey, type KeyKind, type SignatureArtifact, type SigningKey } from '../helpers/cosign.ts';
 import { sha256 } from '../helpers/oci-client.ts';
+import { policyImageName } from '../../src/registry/policy.ts';
 
 /** A registry in memory: tags, manifests and blobs, as a SignatureSource. */
 class MemorySource implements SignatureSource {
@@ -126,12 +127,22 @@ describe('policy file', () => {
     ['other transport', '{"default":[{"type":"reject"}],"transports":{"atomic":{}}}', /transport "atomic" is not supported/],
     ['unknown field', '{"default":[{"type":"reject","keyPath":"x"}]}', /reject has no field "keyPath"/],
     ['empty requirements', '{"default":[]}', /non-empty list/],
+    ['signedIdentity', '{"default":[{"type":"sigstoreSigned","keyData":"aGVsbG8=","signedIdentity":{"type":"matchRepository"}}]}', /signedIdentity is not supported/],
   ];
   for (const [what, text, message] of bad) {
     it(`refuses a policy with ${what}, saying what is wrong`, async () => {
       await assert.rejects(parsePolicy(text, 'policy.json', dir), (err: Error) => err instanceof PolicyError && message.test(err.message));
     });
   }
+});
+
+describe('the image name scopes are matched against', () => {
+  it('is the ?ns= registry plus the path, else the stored repository with its registry restored', () => {
+    assert.equal(policyImageName({ repository: 'docker.io/library/nginx', upstream: 'library/nginx', namespace: 'docker.io' }), 'docker.io/library/nginx');
+    assert.equal(policyImageName({ repository: 'registry.local-5000/apps/web', upstream: 'apps/web', namespace: 'registry.local:5000' }), 'registry.local:5000/apps/web');
+    assert.equal(policyImageName({ repository: 'registry.local-5000/apps/web', upstream: 'registry.local-5000/apps/web' }), 'registry.local:5000/apps/web');
+    assert.equal(policyImageName({ repository: 'apps/web', upstream: 'apps/web' }), 'apps/web');
+  });
 });
 
 describe('signature formats', () => {
