@@ -50,7 +50,7 @@ import {
 import { SilentProgress, type ProgressReporter } from './progress.ts';
 import { checkBundleSignature, type SignatureCheck, type TrustedKey } from './signing.ts';
 import type { BundleTarget } from './targets.ts';
-import { SIGNATURE_TAG, describeReason, isSignatureArtifact, judgeImage, referrersFallbackTag, ruleFor, type DenyReason, type Policy, type SignatureSource, type Verdict } from '../policy/index.ts';
+import { SIGNATURE_TAG, describeReason, isSignatureArtifact, judgeImage, referrersFallbackTag, ruleFor, signatureArtifactKind, type DenyReason, type Policy, type SignatureSource, type Verdict } from '../policy/index.ts';
 
 export interface ImportOptions extends IoOptions {
   input: BundleInput;
@@ -366,12 +366,18 @@ class BundleReader {
     const verdicts: NonNullable<ImportResult['policy']> = [];
     const refused: Array<{ plan: ImagePlan; verdict: Verdict }> = [];
     for (const plan of plans) {
-      if (plan.tag && SIGNATURE_TAG.test(plan.tag) && isSignatureArtifact(plan.bytes, plan.tag)) continue;
       const name = `${plan.ref.registry}/${plan.ref.repository}`;
-      const verdict = await judgeImage(this.signatureSource(plans, plan.repository), name, plan.digest, ruleFor(policy, name), { signal: this.signal });
-      this.opts.onVerdict?.({ ...verdict, image: plan.reference });
-      verdicts.push({ image: plan.reference, digest: plan.digest, allowed: verdict.allowed, reason: verdict.reason, message: verdict.message });
-      if (!verdict.allowed) refused.push({ plan, verdict });
+      // Signatures are not judged; a referrers index is not either, but each entry that is not a signature is.
+      const kind = plan.tag && SIGNATURE_TAG.test(plan.tag) ? signatureArtifactKind(plan.bytes, plan.tag) : undefined;
+      if (kind === 'signature') continue;
+      const roots = kind === 'referrers-index' ? this.parse(plan.bytes, plan.mediaType, plan.reference).manifests.map((d) => d.digest).filter((d) => signatureArtifactKind(this.manifests.get(d) ?? Buffer.alloc(0), undefined) !== 'signature') : [plan.digest];
+      for (const digest of roots) {
+        const verdict = await judgeImage(this.signatureSource(plans, plan.repository), name, digest, ruleFor(policy, name), { signal: this.signal });
+        const image = digest === plan.digest ? plan.reference : `${name}@${digest}`;
+        this.opts.onVerdict?.({ ...verdict, image });
+        verdicts.push({ image, digest, allowed: verdict.allowed, reason: verdict.reason, message: verdict.message });
+        if (!verdict.allowed) refused.push({ plan, verdict });
+      }
     }
     this.policyVerdicts = verdicts;
     if (refused.length === 0) return;

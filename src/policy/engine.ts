@@ -8,7 +8,7 @@ import { Counter, type Registry } from 'prom-client';
 import { FileWatch } from '../access/watch.ts';
 import { parseManifest } from '../oci/index.ts';
 import { readPolicyFile, ruleFor, type Policy, type PolicyMode, type PolicyRule } from './file.ts';
-import { SIGNATURE_TAG, SIMPLE_SIGNING_MEDIA_TYPE, COSIGN_SIGNATURE_ARTIFACT_TYPE, isSigstoreBundleType, NOTATION_SIGNATURE_ARTIFACT_TYPE } from './formats.ts';
+import { SIGNATURE_TAG, SIMPLE_SIGNING_MEDIA_TYPE, isSigstoreBundleType } from './formats.ts';
 import { judgeImage, type SignatureSource, type Verdict } from './verify.ts';
 
 /** What a decision did: served because allowed, refused, or served although it would have been refused (warn). */
@@ -175,23 +175,33 @@ export class PolicyEngine {
   }
 }
 
+/** Layer media types of signatures: nothing a runtime unpacks. */
+function isSignatureLayer(mediaType: string): boolean {
+  return mediaType === SIMPLE_SIGNING_MEDIA_TYPE || isSigstoreBundleType(mediaType) || mediaType === 'application/jose+json' || mediaType === 'application/cose';
+}
+
 /**
- * Signature artifacts are served without a verdict of their own: clients and peers need them to check the images
- * (they run nothing). A cosign `.sig`/`.att` tag, a referrers index tag, or a manifest that is a signature referrer.
+ * What a served manifest is, for the gate: a signature artifact (served without a verdict of its own, because
+ * clients and peers need it to check images, and it holds nothing a runtime runs), a referrers index (its entries
+ * are judged each on its own), or an image.
  */
-export function isSignatureArtifact(bytes: Buffer, tag: string | undefined): boolean {
+export function signatureArtifactKind(bytes: Buffer, tag: string | undefined): 'signature' | 'referrers-index' | undefined {
   let parsed;
   try {
     parsed = parseManifest(bytes, undefined);
   } catch {
-    return false;
+    return undefined;
   }
-  const signatureTypes = (t: string | undefined): boolean => t === COSIGN_SIGNATURE_ARTIFACT_TYPE || isSigstoreBundleType(t) || t === NOTATION_SIGNATURE_ARTIFACT_TYPE;
   if (parsed.kind === 'manifest') {
-    if (parsed.subject && signatureTypes(parsed.artifactType ?? parsed.config?.mediaType)) return true;
+    // Every layer a signature: a cosign .sig manifest, a simple-signing or Sigstore bundle referrer, Notation.
     const layers = parsed.blobs.filter((b) => b !== parsed.config);
-    return layers.length > 0 && layers.every((l) => l.mediaType === SIMPLE_SIGNING_MEDIA_TYPE);
+    return layers.length > 0 && layers.every((l) => isSignatureLayer(l.mediaType)) ? 'signature' : undefined;
   }
-  // A referrers index (tag schema): every entry is a signature or other artifact, none a platform image.
-  return tag !== undefined && SIGNATURE_TAG.test(tag) && parsed.manifests.every((m) => m.platform === undefined);
+  // The OCI referrers tag schema: an index tagged sha256-<hex> whose entries name no platform.
+  return tag !== undefined && SIGNATURE_TAG.test(tag) && parsed.manifests.every((m) => m.platform === undefined) ? 'referrers-index' : undefined;
+}
+
+/** True for a signature artifact or a referrers index (see signatureArtifactKind). */
+export function isSignatureArtifact(bytes: Buffer, tag: string | undefined): boolean {
+  return signatureArtifactKind(bytes, tag) !== undefined;
 }

@@ -8,7 +8,7 @@
  */
 import type { Context } from 'koa';
 import { AbortedError, DeniedError, InvalidError, isShoalError, UnsupportedError, type Descriptor } from '../oci/index.ts';
-import { isSignatureArtifact, type Decision, type PolicyEngine, type SignatureSource } from '../policy/index.ts';
+import { signatureArtifactKind, type Decision, type PolicyEngine, type SignatureSource } from '../policy/index.ts';
 import type { RepositoryTarget } from '../source/pull-through.ts';
 import type { ManifestRecord } from '../store/index.ts';
 import type { RegistryDeps, RegistryState, RouteParams } from './context.ts';
@@ -129,10 +129,10 @@ export async function gateManifest(ctx: Context, deps: RegistryDeps, p: RoutePar
   const name = policyImageName(target);
   if (engine.acceptsAnything(name)) return;
   const bytes = await readAll(deps, record.digest, record.size, signal);
-  if (isSignatureArtifact(bytes, ref.kind === 'tag' ? ref.tag : undefined)) {
-    engine.extendReach(p.name, bytes);
-    return;
-  }
+  const artifact = signatureArtifactKind(bytes, ref.kind === 'tag' ? ref.tag : undefined);
+  // A signature's blobs are its payloads; a referrers index's entries are each judged when asked for.
+  if (artifact === 'signature') engine.extendReach(p.name, bytes);
+  if (artifact) return;
   // A child of an allowed image (a platform manifest of an index) is served as part of it.
   if (ref.kind === 'digest' && engine.reaches(p.name, record.digest)) {
     engine.extendReach(p.name, bytes);

@@ -13,7 +13,7 @@ import { SilentProgress } from '../../src/bundle/progress.ts';
 import { readPolicyFile } from '../../src/policy/index.ts';
 import { Cluster, waitFor, type ClusterNode } from '../helpers/cluster.ts';
 import { bundleReferrer, generateSigningKey, pushSignature, sigTag, writePublicKey, type SigningKey } from '../helpers/cosign.ts';
-import { pushRandomImage, startDockerRegistry, type DockerRegistry, type PushedImage } from '../helpers/seed-registry.ts';
+import { pushManifest, pushRandomImage, startDockerRegistry, type DockerRegistry, type PushedImage } from '../helpers/seed-registry.ts';
 import { runShoal } from '../helpers/spawn-node.ts';
 
 const ACCEPT = 'application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json';
@@ -30,6 +30,7 @@ let policyFile: string;
 const images: Record<string, PushedImage> = {};
 let goodBundle: string;
 let badBundle: string;
+let sneakyBundle: string;
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'shoal-policy-bundle-'));
@@ -44,11 +45,17 @@ before(async () => {
   const b = await push('apps/b');
   const subject = { mediaType: b.manifestMediaType, digest: b.manifestDigest, size: b.manifestBytes.length };
   await pushSignature(seed.url, 'apps/b', bundleReferrer(keyA, subject), { referrersTag: { subject: b.manifestDigest, artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json' } });
-  await push('apps/unsigned');
+  const unsigned = await push('apps/unsigned');
+  // An unsigned image behind an index tagged like a referrers index (sha256-<hex>): it must be judged all the same.
+  const indexType = 'application/vnd.oci.image.index.v1+json';
+  const disguise = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: indexType, manifests: [{ mediaType: unsigned.manifestMediaType, digest: unsigned.manifestDigest, size: unsigned.manifestBytes.length }] }));
+  await pushManifest(seed.url, 'apps/unsigned', `sha256-${'0'.repeat(64)}`, disguise, indexType);
   const source = new RegistryImageSource({ url: seed.url });
   try {
     goodBundle = join(dir, 'good.tar');
     await exportBundle({ references: [`${seed.hostPort}/apps/a:v1`, `${seed.hostPort}/apps/b:v1`], source, output: goodBundle });
+    sneakyBundle = join(dir, 'sneaky.tar');
+    await exportBundle({ references: [`${seed.hostPort}/apps/a:v1`, `${seed.hostPort}/apps/unsigned:sha256-${'0'.repeat(64)}`], source, output: sneakyBundle });
     badBundle = join(dir, 'bad.tar');
     await exportBundle({ references: [`${seed.hostPort}/apps/a:v1`, `${seed.hostPort}/apps/unsigned:v1`], source, output: badBundle });
   } finally {
@@ -101,7 +108,19 @@ describe('signature policy: bundles and peers', () => {
     assert.equal(Array.isArray(pins) ? pins.length : pins.pins.length, 0);
   });
 
-  it('the CLI refuses the same bundle with exit 3 and the reason', async () => {
+  it('an unsigned image listed by an index tagged like a referrers index is judged, and refuses the import', async () => {
+    const target = new NodeTarget({ url: other.url });
+    try {
+      await assert.rejects(
+        importBundle({ input: await openBundleInput(sneakyBundle), target, progress: new SilentProgress(), policy: await readPolicyFile(policyFile) }),
+        (err: unknown) => err instanceof BundleRefusedError && err.reason === 'policy' && /apps\/unsigned@sha256:[0-9a-f]{64} is refused by the default rule: no signature/.test(err.message),
+      );
+    } finally {
+      await target.close();
+    }
+  });
+
+  it('the CLI refuses the bundle with the unsigned image, with exit 3 and the reason', async () => {
     const r = await runShoal(['import', badBundle, '--node', other.url, '--policy', policyFile]);
     assert.equal(r.code, 3, r.stderr);
     assert.match(r.stderr, /bundle refused: the signature policy .* refuses 1 .*apps\/unsigned:v1: no signature/);

@@ -182,6 +182,19 @@ describe('signature policy, enforce mode, pull-through', () => {
     });
   }
 
+  it('an index tagged like a referrers index serves, but the unsigned image it lists does not', async () => {
+    const unsigned = images['apps/unsigned']!;
+    const mediaType = 'application/vnd.oci.image.index.v1+json';
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType, manifests: [unsigned.descriptor] }));
+    const tag = `sha256-${'0'.repeat(64)}`;
+    await pushManifest(seed.url, 'apps/unsigned', tag, bytes, mediaType);
+    assert.equal((await get(`${node.url}/v2/apps/unsigned/manifests/${tag}?ns=registry.local`)).status, 200);
+    const child = await get(`${node.url}/v2/apps/unsigned/manifests/${unsigned.digest}?ns=registry.local`);
+    assert.equal(child.status, 403, child.body);
+    assert.equal(errorOf(child.body).detail?.reason, 'no-signature');
+    assert.equal((await get(`${node.url}/v2/apps/unsigned/blobs/${unsigned.layers[0]!.digest}?ns=registry.local`)).status, 403);
+  });
+
   it('per scope: docker.io is rejected, registry.local/tools allows anything, the default rejects', async () => {
     const hub = await get(`${node.url}/v2/library/nginx/manifests/v1?ns=docker.io`);
     assert.equal(hub.status, 403, hub.body);

@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import pino from 'pino';
 import { Registry } from 'prom-client';
 import { parseManifest, type Descriptor } from '../../src/oci/index.ts';
-import { PolicyEngine, PolicyError, isSignatureArtifact, judgeImage, parsePolicy, preAuthEncoding, ruleFor, type SignatureSource } from '../../src/policy/index.ts';
+import { PolicyEngine, PolicyError, isSignatureArtifact, signatureArtifactKind, judgeImage, parsePolicy, preAuthEncoding, ruleFor, type SignatureSource } from '../../src/policy/index.ts';
 import { bundleReferrer, generateSigningKey, sigReferrer, sigTag, writePublicKey, type KeyKind, type SignatureArtifact, type SigningKey } from '../helpers/cosign.ts';
 import { sha256 } from '../helpers/oci-client.ts';
 import { policyImageName } from '../../src/registry/policy.ts';
@@ -250,6 +250,21 @@ describe('signature formats', () => {
     assert.equal(isSignatureArtifact(bundleReferrer(k, image).manifest, undefined), true);
     const plain = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: image.mediaType, config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: other, size: 2 }, layers: [] }));
     assert.equal(isSignatureArtifact(plain, 'latest'), false);
+    // Dressed as a signature (subject, artifactType) but with layers a runtime unpacks: an image, judged as one.
+    const disguised = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: image.mediaType,
+        artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json',
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: other, size: 2 },
+        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: other, size: 2 }],
+        subject: image,
+      }),
+    );
+    assert.equal(isSignatureArtifact(disguised, 'sha256-' + 'a'.repeat(64) + '.sig'), false);
+    const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [image] }));
+    assert.equal(signatureArtifactKind(index, 'sha256-' + 'a'.repeat(64)), 'referrers-index');
+    assert.equal(signatureArtifactKind(index, 'v1'), undefined);
   });
 });
 
