@@ -148,6 +148,13 @@ describe('signature policy, enforce mode, pull-through', () => {
     });
   }
 
+  it('keeps the signatures it fetched, so that they travel on (to peers, into bundles)', async () => {
+    const tags = JSON.parse((await get(`${node.url}/v2/apps/signed/tags/list?ns=registry.local`)).body) as { tags: string[] };
+    assert.deepEqual(tags.tags.sort(), [`sha256-${images['apps/signed']!.digest.slice(7)}.sig`, 'v1']);
+    const bundled = JSON.parse((await get(`${node.url}/v2/apps/bundled/referrers/${images['apps/bundled']!.digest}?ns=registry.local`)).body) as { manifests: Array<{ artifactType: string }> };
+    assert.deepEqual(bundled.manifests.map((m) => m.artifactType), ['application/vnd.dev.sigstore.bundle.v0.3+json']);
+  });
+
   it('serves a signed index, its platform manifests and their blobs', async () => {
     const top = await get(`${node.url}/v2/apps/multi/manifests/v1?ns=registry.local`);
     assert.equal(top.status, 200, top.body);
