@@ -3,6 +3,7 @@ import { basename, join } from 'node:path';
 import { appendAuditEntries } from '../src/access/index.ts';
 import { NodeTarget, StoreTarget, describeImport, importBundle, loadTrustedKey, openBundleInput, openNodeStore, type BundleTarget } from '../src/bundle/index.ts';
 import { UsageError } from './errors.ts';
+import { readPolicyFile } from '../src/policy/index.ts';
 import { checkUrl, commandProgress, interruptSignal, printResult, registryAccess, reportFailure, type RegistryAccessFlags } from './bundle-options.ts';
 
 export interface ImportFlags extends RegistryAccessFlags {
@@ -13,6 +14,8 @@ export interface ImportFlags extends RegistryAccessFlags {
   /** False with --no-pin. */
   pin?: boolean;
   json?: boolean;
+  /** A signature policy file every image must satisfy. */
+  policy?: string;
 }
 
 export async function trustedKeys(files: string[] | undefined) {
@@ -30,6 +33,7 @@ export async function importCommand(file: string, flags: ImportFlags): Promise<v
     throw new UsageError('say where to import: --node URL (a running node, e.g. http://127.0.0.1:5000) or --data DIR (the data directory of a stopped node)');
   }
   const trust = await trustedKeys(flags.trust);
+  const policy = flags.policy ? await readPolicyFile(flags.policy).catch((err: Error) => Promise.reject(new UsageError(`--policy: ${err.message}`))) : undefined;
   const access = await registryAccess(flags);
   const input = await openBundleInput(file);
   const interrupt = interruptSignal();
@@ -45,6 +49,7 @@ export async function importCommand(file: string, flags: ImportFlags): Promise<v
       repository: flags.repository,
       progress,
       pin: flags.pin !== false,
+      policy,
       pinReason: `bundle ${basename(input.name)} imported ${new Date().toISOString()}`,
       signal: interrupt.signal,
     });

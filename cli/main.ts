@@ -53,6 +53,7 @@ export function buildProgram(): Command {
     .option('--tls-key <file>', 'PEM key of the endpoint; reloaded when it changes [env SHOAL_TLS_KEY]')
     .option('--audit-log <file>', 'the audit log [default: <data>/audit.log, env SHOAL_AUDIT_LOG]')
     .option('--webhook <url>', 'tell this URL about every push and delete (repeatable) [env SHOAL_WEBHOOKS]', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--policy <file>', 'signature policy (a containers-policy.json subset): only images it allows are served; reloaded when it changes [env SHOAL_POLICY_FILE]')
     .addHelpText('after', `\n${SIZE_HELP}`)
     .action(async (opts: ServeFlags) => {
       const { serveCommand } = await import('./serve.ts');
@@ -161,6 +162,7 @@ function addBundleCommands(program: Command): void {
       .option('--trust <pubkey.pem>', 'refuse the bundle unless this ed25519 key signed it (repeatable)', repeatable)
       .option('--repository <registry/repository>', 'for tars that name images by a bare tag or not at all: the repository to put them in')
       .option('--no-pin', 'do not pin the imported images (by default each image and its referrers are pinned)')
+      .option('--policy <file>', 'signature policy every image must satisfy (as serve --policy); one refused image refuses the whole bundle')
       .option('--json', 'print progress and the result as JSON lines on stdout'),
     'the node',
   ).action(async (file: string, opts: ImportFlags) => {
@@ -204,6 +206,17 @@ function addLifecycleCommands(program: Command): void {
     'the node (a user with the admin role)',
   ).action(async (opts: { node?: string; data?: string; dryRun?: boolean; json?: boolean; config?: string }) => {
       await (await import('./lifecycle.ts')).gcCommand(opts);
+    });
+  withRegistryAccess(
+    program
+      .command('verify-image')
+      .description("a node's verdict on one image under its signature policy: the rule, each signature found and why it counts or not")
+      .argument('<ref>', 'the image as containerd names it, e.g. registry.local/apps/web:1.0 or docker.io/library/nginx@sha256:...')
+      .option('--node <url>', 'the node to ask', 'http://127.0.0.1:5000')
+      .option('--json', 'print JSON'),
+    'the node (a user with the admin role)',
+  ).action(async (ref: string, opts: { node: string; json?: boolean }) => {
+      await (await import('./verify-image.ts')).verifyImageCommand(ref, opts);
     });
   withRegistryAccess(
     program

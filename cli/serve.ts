@@ -30,6 +30,7 @@ export interface ServeFlags {
   tlsKey?: string;
   auditLog?: string;
   webhook?: string[];
+  policy?: string;
 }
 
 /** `shoal serve`: starts a node and runs until SIGTERM or SIGINT. */
@@ -65,6 +66,7 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
       tlsKey: flags.tlsKey,
       auditLog: flags.auditLog,
       webhooks: flags.webhook,
+      policyFile: flags.policy,
     },
   });
   // Signals are handled from the start: one that arrives while the node starts stops it as soon as it is up.

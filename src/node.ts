@@ -31,6 +31,7 @@ import { listImages } from './life/images.ts';
 import { PullTraffic } from './source/traffic.ts';
 import { WarmList } from './source/warm.ts';
 import { NodeControl } from './node-control.ts';
+import { PolicyEngine } from './policy/index.ts';
 
 /** The version `shoal status` reports. */
 const NODE_VERSION = '0.1.0';
@@ -104,11 +105,19 @@ export interface StartOptions {
 export async function startNode(config: ShoalConfig, opts: StartOptions = {}): Promise<ShoalNode> {
   const logger = opts.logger ?? createLogger(config.logLevel);
   const dataDir = resolve(config.dataDir);
-  const store = await openDiskStore(dataDir, { signal: opts.signal });
+  const metricsRegistry = new Registry();
+  // The signature policy is read first: a node told to enforce one does not start without it.
+  const policy = config.policyFile ? await PolicyEngine.open({ file: resolve(config.policyFile), logger, metrics: metricsRegistry }) : undefined;
+  let store: Awaited<ReturnType<typeof openDiskStore>>;
+  try {
+    store = await openDiskStore(dataDir, { signal: opts.signal });
+  } catch (err) {
+    await policy?.stop();
+    throw err;
+  }
   if (store.recovered.orphanFiles > 0 || store.recovered.lostRecords > 0) {
     logger.warn({ ...store.recovered, dataDir }, 'start-up recovery: deleted files no record names (writes a crash cut short) and dropped records whose files were missing');
   }
-  const metricsRegistry = new Registry();
   const metrics = new RegistryMetrics(metricsRegistry, () => store.stats());
   const pullMetrics = new PullMetrics(metricsRegistry);
   const seeds = new ConfiguredSeeds(config, logger);
@@ -159,6 +168,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       await peers.start();
     } catch (err) {
       await peers.stop().catch(() => undefined);
+      await policy?.stop();
       await seeds.close();
       await store.close();
       throw err;
@@ -238,6 +248,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     await traffic.stop();
     await lifecycle.stop();
     await peerService?.stop();
+    await policy?.stop();
     await seeds.close();
     await store.close();
     throw err;
@@ -255,6 +266,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       ready: () => accepting,
       access,
       onStorageFull: () => lifecycle.storageFull(),
+      policy,
       admin: {
         status: async (o) => ({
           version: NODE_VERSION,
@@ -320,6 +332,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
     await ops?.close();
     await lifecycle.stop();
     await peerService?.stop();
+    await policy?.stop();
     await seeds.close();
     await store.close();
     throw err;
@@ -358,6 +371,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       await ops?.close();
       await lifecycle.stop();
       await peerService?.stop();
+      await policy?.stop();
       await seeds.close();
       await store.close();
       logger.info('stopped');

@@ -3,9 +3,10 @@ import { ShoalError } from '../oci/index.ts';
 /**
  * Why a bundle was refused. Each names a different thing for the operator to do: copy the disk again
  * (`corrupt`, `truncated`), get a bundle from a trusted maker (`unsafe`, `signature`), import the delta where
- * its inventory came from (`incomplete`), or use another kind of file (`format`).
+ * its inventory came from (`incomplete`), or use another kind of file (`format`); an image the signature policy
+ * refuses (`policy`) needs a signature by a trusted key.
  */
-export type BundleRefusal = 'corrupt' | 'truncated' | 'unsafe' | 'signature' | 'incomplete' | 'format';
+export type BundleRefusal = 'corrupt' | 'truncated' | 'unsafe' | 'signature' | 'incomplete' | 'format' | 'policy';
 
 /**
  * A bundle that is refused as a whole: damaged, unsafe, incomplete or untrusted. Nothing it would have named
@@ -17,7 +18,7 @@ export class BundleRefusedError extends ShoalError {
   override readonly name = 'BundleRefusedError';
   readonly reason: BundleRefusal;
   constructor(reason: BundleRefusal, message: string, detail?: unknown) {
-    super(reason === 'signature' ? 'DENIED' : reason === 'incomplete' ? 'MANIFEST_BLOB_UNKNOWN' : 'BLOB_UPLOAD_INVALID', message, detail);
+    super(reason === 'signature' || reason === 'policy' ? 'DENIED' : reason === 'incomplete' ? 'MANIFEST_BLOB_UNKNOWN' : 'BLOB_UPLOAD_INVALID', message, detail);
     this.reason = reason;
   }
 }

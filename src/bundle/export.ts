@@ -4,6 +4,7 @@
  * tar is written in one pass, each blob streamed from the source straight into the tar and verified on the
  * way. The output appears under its name only when it is complete.
  */
+import { SIGNATURE_TAG, cosignSignatureTag } from '../policy/index.ts';
 import { once } from 'node:events';
 import { pipeline } from 'node:stream/promises';
 import tar, { type Header as FullTarHeader, type Pack as TarPack } from 'tar-stream';
@@ -232,6 +233,19 @@ class ExportPlan {
       if (referrers.length > 0) image.referrers = referrers;
     }
     this.images.push(image);
+    // cosign's signatures by tag (`sha256-<hex>.sig`) go along as images of their own, so that they keep their tag.
+    if (this.opts.referrers !== false && !(ref.tag && SIGNATURE_TAG.test(ref.tag))) await this.addSignatureTag(ref, top.digest);
+  }
+
+  /** The cosign `.sig` tag of `digest` in the image's repository, when the source has one. */
+  private async addSignatureTag(ref: Reference, digest: string): Promise<void> {
+    const tag = cosignSignatureTag(digest);
+    try {
+      await this.addImage(formatReference({ registry: ref.registry, repository: ref.repository, tag }));
+    } catch (err) {
+      if (isShoalError(err) && (err.code === 'MANIFEST_UNKNOWN' || err.code === 'NAME_UNKNOWN')) return;
+      throw err;
+    }
   }
 }
 

@@ -50,6 +50,7 @@ import {
 import { SilentProgress, type ProgressReporter } from './progress.ts';
 import { checkBundleSignature, type SignatureCheck, type TrustedKey } from './signing.ts';
 import type { BundleTarget } from './targets.ts';
+import { SIGNATURE_TAG, describeReason, isSignatureArtifact, judgeImage, referrersFallbackTag, ruleFor, signatureArtifactKind, type DenyReason, type Policy, type SignatureSource, type Verdict } from '../policy/index.ts';
 
 export interface ImportOptions extends IoOptions {
   input: BundleInput;
@@ -63,6 +64,13 @@ export interface ImportOptions extends IoOptions {
   pinReason?: string;
   /** False: import without pinning (default true: each image and its referrers are pinned). */
   pin?: boolean;
+  /**
+   * The signature policy every image must satisfy (`import --policy FILE`): one image it refuses (in enforce mode)
+   * refuses the whole bundle before anything is written; in warn mode it is imported with a warning.
+   */
+  policy?: Policy;
+  /** Told each verdict (for counting). */
+  onVerdict?: (verdict: Verdict & { image: string }) => void;
 }
 
 export type BundleFormat = 'shoal' | 'oci-layout' | 'docker-archive';
@@ -92,6 +100,8 @@ export interface ImportResult {
   bytesRead: number;
   signature?: SignatureCheck;
   warnings: string[];
+  /** The signature policy's verdict on each image, when a policy was given. */
+  policy?: Array<{ image: string; digest: string; allowed: boolean; reason: string; message: string }>;
 }
 
 /** Metadata held in memory is capped: a bundle with more is not one Shoal made or expects. */
@@ -99,6 +109,8 @@ const MAX_HELD_BYTES = 256 * 1024 * 1024;
 /** Small non-JSON files (VERSION, repositories) are held too; anything else streams into the target. */
 const SMALL_FILE_BYTES = 64 * 1024;
 const MAX_SIGNATURE_BYTES = 64 * 1024;
+/** JSON blobs up to this size are held for the signature policy (simple-signing payloads, Sigstore bundles). */
+const SIGNATURE_JSON_BYTES = 256 * 1024;
 
 /** One entry of the tar being read: its header, then its bytes. */
 interface TarEntry extends AsyncIterable<Uint8Array> {
@@ -214,6 +226,9 @@ class BundleReader {
   private heldBytes = 0;
   /** Blob files that look like manifests, by digest. */
   private readonly manifests = new Map<string, Buffer>();
+  /** Small JSON blobs (signature payloads, Sigstore bundles), held when a signature policy will read them. */
+  private readonly smallJson = new Map<string, Buffer>();
+  private policyVerdicts?: ImportResult['policy'];
   /** Every blob file of the bundle, by digest. */
   private readonly blobs = new Map<string, { size: number }>();
   /** Larger non-blob files (layers of docker archives), streamed into the target. */
@@ -294,6 +309,7 @@ class BundleReader {
       }
     }
     const { format, plans } = await this.plan();
+    if (this.opts.policy) await this.judge(plans, this.opts.policy);
     const images = await this.write(plans);
     if (this.target.keepsContent) await this.target.releaseStaging([...this.staged], { signal: this.signal });
     const omitted = this.bundle?.manifest.omitted.length ?? 0;
@@ -308,7 +324,73 @@ class BundleReader {
       bytesRead: this.bytesRead,
       signature: this.signature,
       warnings: this.warnings,
+      ...(this.policyVerdicts ? { policy: this.policyVerdicts } : {}),
     };
+  }
+
+  // ---- the signature policy ----------------------------------------------------------------------
+
+  /** The bundle's own content as the place signatures are read from (nothing is written yet). */
+  private signatureSource(plans: ImagePlan[], repository: string): SignatureSource {
+    const manifests = this.manifests;
+    const blobs = this.smallJson;
+    return {
+      tagged: async (tag) => {
+        const plan = plans.find((p) => p.repository === repository && p.tag === tag);
+        return plan ? { digest: plan.digest, bytes: plan.bytes } : undefined;
+      },
+      referrers: async (digest) => {
+        const out = [];
+        for (const [d, bytes] of manifests) {
+          let parsed: ParsedManifest;
+          try {
+            parsed = parseManifest(bytes, undefined);
+          } catch {
+            continue;
+          }
+          if (parsed.subject?.digest !== digest) continue;
+          out.push({ mediaType: parsed.mediaType, digest: d, size: bytes.length, artifactType: parsed.artifactType ?? parsed.config?.mediaType });
+        }
+        return out;
+      },
+      manifest: async (digest) => manifests.get(digest),
+      blob: async (digest) => blobs.get(digest) ?? manifests.get(digest),
+    };
+  }
+
+  /**
+   * Every image of the bundle under the policy, before anything is written. Signature artifacts themselves (cosign
+   * `.sig` tags, referrer indexes) are not judged: they travel with the images they sign.
+   */
+  private async judge(plans: ImagePlan[], policy: Policy): Promise<void> {
+    const verdicts: NonNullable<ImportResult['policy']> = [];
+    const refused: Array<{ plan: ImagePlan; verdict: Verdict }> = [];
+    for (const plan of plans) {
+      const name = `${plan.ref.registry}/${plan.ref.repository}`;
+      // Signatures are not judged; a referrers index is not either, but each entry that is not a signature is.
+      const kind = plan.tag && SIGNATURE_TAG.test(plan.tag) ? signatureArtifactKind(plan.bytes, plan.tag) : undefined;
+      if (kind === 'signature') continue;
+      const roots = kind === 'referrers-index' ? this.parse(plan.bytes, plan.mediaType, plan.reference).manifests.map((d) => d.digest).filter((d) => signatureArtifactKind(this.manifests.get(d) ?? Buffer.alloc(0), undefined) !== 'signature') : [plan.digest];
+      for (const digest of roots) {
+        const verdict = await judgeImage(this.signatureSource(plans, plan.repository), name, digest, ruleFor(policy, name), { signal: this.signal });
+        const image = digest === plan.digest ? plan.reference : `${name}@${digest}`;
+        this.opts.onVerdict?.({ ...verdict, image });
+        verdicts.push({ image, digest, allowed: verdict.allowed, reason: verdict.reason, message: verdict.message });
+        if (!verdict.allowed) refused.push({ plan, verdict });
+      }
+    }
+    this.policyVerdicts = verdicts;
+    if (refused.length === 0) return;
+    if (policy.mode === 'warn') {
+      for (const r of refused) this.warn(`signature policy (warn mode): imported, but would be refused: ${r.verdict.message}`);
+      return;
+    }
+    const first = refused[0]!;
+    throw new BundleRefusedError(
+      'policy',
+      `the signature policy ${policy.source} refuses ${refused.length} of the bundle's ${verdicts.length} image(s); nothing was imported. ${refused.map((r) => `${r.plan.reference}: ${describeReason(r.verdict.reason as DenyReason)} (${r.verdict.message})`).join('; ')}`,
+      { refused: refused.map((r) => ({ image: r.plan.reference, digest: r.plan.digest, rule: r.verdict.rule, reason: r.verdict.reason })), first: first.plan.reference },
+    );
   }
 
   // ---- the streaming pass ------------------------------------------------------------------------
@@ -483,6 +565,10 @@ class BundleReader {
         this.heldBytes += data.length;
         if (this.heldBytes > MAX_HELD_BYTES) throw new BundleRefusedError('format', `the bundle has more than ${formatBytes(MAX_HELD_BYTES)} of manifests; Shoal does not import it`);
         this.manifests.set(digest, data);
+      } else if (this.opts.policy && data.length <= SIGNATURE_JSON_BYTES) {
+        this.heldBytes += data.length;
+        if (this.heldBytes > MAX_HELD_BYTES) throw new BundleRefusedError('format', `the bundle has more than ${formatBytes(MAX_HELD_BYTES)} of manifests and metadata; Shoal does not import it`);
+        this.smallJson.set(digest, data);
       }
     }
   }
@@ -801,6 +887,27 @@ class BundleReader {
 
   // ---- writing -------------------------------------------------------------------------------------
 
+  /**
+   * The signatures among an image's referrers also under the OCI referrers tag schema (an index tagged
+   * `sha256-<hex>`): peers find referrers by tag, so the image's signatures reach every node of the cluster.
+   */
+  private async writeReferrersTag(plan: ImagePlan): Promise<void> {
+    const signal = this.signal;
+    const entries: Descriptor[] = [];
+    for (const m of plan.manifests) {
+      if (!m.isReferrer) continue;
+      const parsed = this.parse(m.bytes, m.mediaType, `referrer ${m.digest}`);
+      const artifactType = parsed.artifactType ?? parsed.config?.mediaType;
+      if (parsed.subject?.digest !== plan.digest || !isSignatureArtifact(m.bytes, undefined)) continue;
+      entries.push({ mediaType: parsed.mediaType, digest: m.digest, size: m.bytes.length, ...(artifactType ? { artifactType } : {}), ...(parsed.annotations ? { annotations: parsed.annotations } : {}) });
+    }
+    if (entries.length === 0) return;
+    const tag = referrersFallbackTag(plan.digest);
+    if ((await this.target.resolveTag(plan.repository, tag, { signal })) !== undefined) return;
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.OciIndex, manifests: entries }));
+    await this.target.putManifest(plan.repository, tag, bytes, MediaType.OciIndex, { signal });
+  }
+
   private async write(plans: ImagePlan[]): Promise<ImportedImage[]> {
     const signal = this.signal;
     const out: ImportedImage[] = [];
@@ -838,6 +945,7 @@ class BundleReader {
       } else if (!existed) {
         await this.target.putManifest(plan.repository, plan.digest, plan.bytes, plan.mediaType, { signal });
       }
+      await this.writeReferrersTag(plan);
       const reason = this.opts.pinReason ?? 'imported bundle';
       let pinned = false;
       if (this.opts.pin !== false) {
@@ -884,5 +992,6 @@ export function describeImport(r: ImportResult, verifying: boolean): string[] {
     lines.push(`${r.blobsWritten} blob(s) written (${formatBytes(r.bytesWritten)}), ${r.blobsPresent} already present${r.omitted > 0 ? `, ${r.omitted} left out by the bundle and present` : ''}`);
   }
   for (const i of r.images) lines.push(`  ${i.action} ${i.reference} ${i.digest}${i.referrers ? ` +${i.referrers} referrer(s)` : ''}${i.pinned ? ' (pinned)' : ''}`);
+  for (const v of r.policy ?? []) lines.push(`  signature policy: ${v.allowed ? 'allowed' : 'refused'} ${v.image} (${v.reason})`);
   return lines;
 }

@@ -117,6 +117,8 @@ export interface ShoalConfig {
   warmPin: boolean;
   /** How often the warm images are checked again, e.g. 15m; 0: only at start-up. */
   warmInterval: string;
+  /** Signature policy file (a containers-policy.json subset); empty: every image is served. Reloaded when it changes. */
+  policyFile: string;
 }
 
 export function defaultConfig(): ShoalConfig {
@@ -169,6 +171,7 @@ export function defaultConfig(): ShoalConfig {
     warmImages: [],
     warmPin: false,
     warmInterval: '15m',
+    policyFile: '',
   };
 }
 
@@ -239,6 +242,7 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   warmImages: 'list',
   warmPin: 'boolean',
   warmInterval: 'optional',
+  policyFile: 'optional',
 };
 
 /** A duration setting in milliseconds: `90s`, `15m`, `6h`, `2d`, or a number of milliseconds; 0 allowed. */

@@ -7,6 +7,7 @@ import { handlePins } from './pins.ts';
 import { ADMIN_PATHS, handleAdmin } from './admin.ts';
 import { serveUi } from '../ui/static.ts';
 import { authMiddleware } from './auth.ts';
+import { handlePolicyVerify } from './policy.ts';
 
 /** What a request was storing, for the message of a full disk. */
 function storing(ctx: Context): string {
@@ -194,6 +195,11 @@ export function createRegistryApp({ deps, metricsRegistry }: RegistryAppOptions)
     if (ADMIN_PATHS.has(ctx.path)) {
       state.route = ctx.path.slice('/shoal/'.length);
       await handleAdmin(ctx, deps);
+      return;
+    }
+    if (ctx.path === '/shoal/policy/verify') {
+      state.route = 'policy';
+      await handlePolicyVerify(ctx, deps);
       return;
     }
     if (ctx.path === '/shoal/pins' || ctx.path.startsWith('/shoal/pins/')) {

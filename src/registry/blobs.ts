@@ -4,6 +4,7 @@ import type { RegistryDeps, RouteParams, RegistryState } from './context.ts';
 import { parseRangeHeader } from './http.ts';
 import { countBytes } from './streams.ts';
 import { emptyResponse, requireRepository } from './repositories.ts';
+import { gateBlob } from './policy.ts';
 
 /** GET and HEAD /v2/<name>/blobs/<digest>, with Range support. */
 export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams): Promise<void> {
@@ -11,6 +12,7 @@ export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams):
   const digest = Digest.parse(p.digest!).toString();
   const target = { repository: p.name, upstream: p.upstream, namespace: p.namespace };
   await deps.pull.requireRepository(target, { signal: state.signal });
+  gateBlob(deps, p, digest);
   const info = await deps.pull.blob(target, digest, { signal: state.signal });
   const range = parseRangeHeader(ctx.get('Range') || undefined, info.size);
   ctx.set('Accept-Ranges', 'bytes');

@@ -5,6 +5,7 @@ import type { PullMetrics } from '../source/metrics.ts';
 import type { PullTraffic } from '../source/traffic.ts';
 import type { RegistryMetrics } from './metrics.ts';
 import type { AccessControl, Principal } from '../access/index.ts';
+import type { PolicyEngine } from '../policy/index.ts';
 
 /** What every handler gets besides the Koa context. */
 export interface RegistryDeps {
@@ -31,6 +32,8 @@ export interface RegistryDeps {
   onStorageFull?: () => void;
   /** Bytes by source over the last hour and the recent pulls (`GET /shoal/traffic`); blob pulls are recorded in it. */
   traffic?: PullTraffic;
+  /** The signature policy (`serve --policy FILE`); undefined: every image is served. */
+  policy?: PolicyEngine;
 }
 
 /** Operations on the node as a whole, served under /shoal/. */

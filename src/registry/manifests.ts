@@ -17,6 +17,7 @@ import { readSmallBody } from './http.ts';
 import { emptyResponse, requireRepository } from './repositories.ts';
 import { countBytes } from './streams.ts';
 import { guardTagWrite } from './auth.ts';
+import { gateManifest } from './policy.ts';
 
 type ParsedReference = { kind: 'digest'; digest: string } | { kind: 'tag'; tag: string };
 
@@ -47,6 +48,7 @@ export async function getManifest(ctx: Context, deps: RegistryDeps, p: RoutePara
   const target = { repository: p.name, upstream: p.upstream, namespace: p.namespace };
   await deps.pull.requireRepository(target, { signal });
   const record = await deps.pull.manifest(target, ref, { signal });
+  await gateManifest(ctx, deps, p, ref, record);
   const digest = record.digest;
   ctx.status = 200;
   ctx.type = record.mediaType;
