@@ -46,6 +46,12 @@ import { runShoal, ShoalProcesses, type ShoalProcess } from '../helpers/spawn-no
 import { assertLayoutHolds } from '../helpers/layout.ts';
 
 const MiB = 1024 * 1024;
+/**
+ * An answer that waited on no timeout: the shortest a wrong path would wait is the seed's timeout (10 s) or a peer
+ * transfer's deadline; the right path has taken up to 2 s on a loaded machine. Not a speed measure (the notes give
+ * the times), only "did not wait".
+ */
+const NO_WAIT_MS = 5_000;
 const BIG_LAYER = 24 * MiB;
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const sizeOf = (blobs: Array<{ size: number }>): number => blobs.reduce((n, b) => n + b.size, 0);
@@ -208,9 +214,9 @@ describe('a cluster of 4 nodes on loopback with a docker-registry seed', () => {
       note(t, `unknown digest with the seed up, ${what}: HTTP ${unknown.status} ${errorCode(unknown)} in ${unknown.ms.toFixed(0)} ms`);
       assert.equal(unknown.status, 404, unknown.body);
       assert.equal(errorCode(unknown), 'BLOB_UNKNOWN');
-      assert.ok(unknown.ms < 1_000, `a digest nobody has (${what}) took ${unknown.ms.toFixed(0)} ms to be refused`);
+      assert.ok(unknown.ms < NO_WAIT_MS, `a digest nobody has (${what}) took ${unknown.ms.toFixed(0)} ms to be refused`);
     }
-    assert.ok(viaNode.ms < 2_000, `the seed fallback took ${viaNode.ms.toFixed(0)} ms`);
+    assert.ok(viaNode.ms < NO_WAIT_MS, `the seed fallback took ${viaNode.ms.toFixed(0)} ms`);
   });
 
   it('with the seed gone, nodes 2 and 3 pull the image by tag from peers with identical digests', async (t) => {
@@ -271,11 +277,11 @@ describe('a cluster of 4 nodes on loopback with a docker-registry seed', () => {
     ];
     const results = await Promise.all(cases.map(async (c) => ({ ...c, res: await get(`${c.node.url}/v2/fixtures/app/blobs/${c.digest}`) })));
     for (const { what, res } of results) note(t, `unknown digest, ${what}: HTTP ${res.status} ${errorCode(res)} in ${res.ms.toFixed(0)} ms`);
-    const wrong = results.filter(({ res }) => res.status !== 404 || errorCode(res) !== 'BLOB_UNKNOWN' || res.ms >= 1_000);
+    const wrong = results.filter(({ res }) => res.status !== 404 || errorCode(res) !== 'BLOB_UNKNOWN' || res.ms >= NO_WAIT_MS);
     assert.deepEqual(
       wrong.map(({ what, res }) => `${what}: HTTP ${res.status} ${errorCode(res)} after ${res.ms.toFixed(0)} ms`),
       [],
-      'every case is a 404 BLOB_UNKNOWN in well under a second',
+      'every case is a 404 BLOB_UNKNOWN without waiting on a timeout',
     );
   });
 
@@ -283,8 +289,14 @@ describe('a cluster of 4 nodes on loopback with a docker-registry seed', () => {
     await cluster!.waitConnected(); // an earlier failure may have cut connections; they come back within 5 s
     const node = cluster!.running[0]!;
     const others = cluster!.running.filter((n) => n !== node);
-    const table = await runShoal(['peers', '--node', node.url]);
-    assert.equal(table.code, 0, table.stderr);
+    // A loaded machine can drop a connection for a moment (they come back within 5 s): ask until every peer is in.
+    let listed: Awaited<ReturnType<typeof runShoal>> | undefined;
+    await waitFor('shoal peers to list every peer', async () => {
+      const r = (listed = await runShoal(['peers', '--node', node.url]));
+      assert.equal(r.code, 0, r.stderr);
+      return others.every((o) => r.stdout.includes(o.peerId)) || r.stdout;
+    }, 30_000);
+    const table = listed!;
     const lines = table.stdout.split('\n');
     assert.match(lines[0]!, new RegExp(`^self ${node.peerId}$`));
     const header = lines.findIndex((l) => l.startsWith('PEER'));
