@@ -37,7 +37,7 @@ interface Container {
 interface PodSpec {
   initContainers?: Container[];
   containers: Container[];
-  volumes: Array<{ name: string; hostPath?: { path: string }; configMap?: { name: string }; secret?: { secretName: string; items?: Array<{ key: string; path: string }> } }>;
+  volumes: Array<{ name: string; hostPath?: { path: string }; configMap?: { name: string; optional?: boolean }; secret?: { secretName: string; items?: Array<{ key: string; path: string }> } }>;
   hostNetwork?: boolean;
   serviceAccountName?: string;
   tolerations?: unknown[];
@@ -201,6 +201,11 @@ describe('deploy/: schemas, rendering, consistency', () => {
     assert.deepEqual(volume('cluster-key').secret?.items?.map((i) => i.path), [config.clusterKeyFile.split('/').pop()]);
     assert.equal(volume('data').hostPath?.path, '/var/lib/shoal');
     assert.equal(volume('containerd-certs').hostPath?.path, '/etc/containerd/certs.d');
+    // The signature policy's ConfigMap is optional (a site without one starts), and the path the ConfigMap's
+    // commented policyFile names is in its mount.
+    assert.deepEqual(volume('policy').configMap, { name: 'shoal-policy', optional: true });
+    const policyFile = /#\s*policyFile:\s*(\S+)/.exec(cm.data['shoal.yaml']!)?.[1];
+    assert.ok(policyFile?.startsWith(mountOf(node, 'policy') + '/'), `policyFile ${policyFile} is under the policy mount`);
     const init = Object.fromEntries((pod.initContainers ?? []).map((c) => [c.name, c]));
     const ctrCfg = init['containerd-config'];
     assert.ok(ctrCfg);
