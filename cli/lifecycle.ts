@@ -18,7 +18,9 @@ export async function nodeRequest(node: string, path: string, method: 'GET' | 'P
   try {
     answer = await http.send({ method, path });
   } catch (err) {
-    throw new Error(`cannot reach the node at ${node}: ${(err as Error).message} (is it running? pass --node URL)`);
+    const message = (err as Error).message;
+    // The client's own words may already ask whether it runs (a refused connection): say it once.
+    throw new Error(`cannot reach the node at ${node}: ${message}${/is it running/.test(message) ? '' : ' (is it running? pass --node URL)'}`);
   } finally {
     await http.close();
   }
