@@ -191,8 +191,8 @@ export class BlobFetch {
     if (!this.holdBack) this.publishSize(size);
   }
 
-  private async appendBytes(chunk: Uint8Array, source: 'peer' | 'seed', signal: AbortSignal): Promise<void> {
-    await this.ingest!.append(chunk, { signal });
+  private async appendBytes(chunk: Uint8Array, source: 'peer' | 'seed', signal: AbortSignal, chunkHash?: string): Promise<void> {
+    await this.ingest!.append(chunk, { signal, chunkHash });
     this.written += chunk.length;
     if (source === 'peer') this.fromPeerBytes += chunk.length;
     this.opts.metrics.pullBytes.inc({ source }, chunk.length);
@@ -364,7 +364,7 @@ export class BlobFetch {
         size: this.total ?? plan.map?.size,
         map: plan.map,
         parallel: this.opts.parallelChunks ?? 4,
-        append: (bytes, from) => this.appendBytes(bytes, from === undefined ? 'seed' : 'peer', signal),
+        append: (bytes, from, hash) => this.appendBytes(bytes, from === undefined ? 'seed' : 'peer', signal, hash),
         onSize: (n) => {
           this.learnSize(n);
           timer ??= setTimeout(() => deadline.abort(), peerTransferDeadlineMs(n));
