@@ -4,7 +4,7 @@
  * Nothing here asserts: the figures are printed and stored, never compared with a threshold.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -194,4 +194,25 @@ export function profileEnv(): Record<string, string> | undefined {
   const dir = process.env.BENCH_PROFILE;
   if (!dir) return undefined;
   return { BENCH_PROFILE_DIR: dir, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import=${join(ROOT, 'bench/cpu-profile.mjs')}`.trim() };
+}
+
+/** CPU time (user + system, ms) a process has used so far, from /proc (USER_HZ 100). */
+export async function cpuMs(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
+}
+
+/**
+ * Runs `fn` (which returns the bytes it moved) and gives the CPU milliseconds `pid` used per MiB meanwhile: less
+ * sensitive to other work on the machine than MB/s, and 1000 ÷ it is the MB/s that process could reach on one
+ * free core.
+ */
+export async function cpuPerMiB(pid: number, fn: () => Promise<number>): Promise<{ mbps: number; cpuMsPerMiB: number }> {
+  const c0 = await cpuMs(pid);
+  const t = process.hrtime.bigint();
+  const bytes = await fn();
+  const s = Number(process.hrtime.bigint() - t) / 1e9;
+  const c1 = await cpuMs(pid);
+  return { mbps: bytes / MIB / s, cpuMsPerMiB: (c1 - c0) / (bytes / MIB) };
 }

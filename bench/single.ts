@@ -10,7 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import { startDockerRegistry } from '../test/helpers/seed-registry.ts';
 import { ShoalProcesses, type ShoalProcess } from '../test/helpers/spawn-node.ts';
-import { Cleanups, load, median, MIB, parallelPull, profileEnv, pull, push, pushManifest, quick, r, report, requestsPerSecond, sha256, timed } from './lib.ts';
+import { Cleanups, cpuPerMiB, load, median, MIB, parallelPull, profileEnv, pull, push, pushManifest, quick, r, report, requestsPerSecond, sha256, timed } from './lib.ts';
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 
@@ -87,15 +87,19 @@ export async function singleBench(): Promise<void> {
     // Cold pull through a node in front of distribution, verified by the client, against distribution direct.
     const coldD: number[] = [];
     const coldS: number[] = [];
+    const coldCpu: number[] = [];
     for (let i = 0; i < rounds; i++) {
       const mirror = await node(['--seed', dist.url]);
       coldD.push(await timed(() => pull(dist.url, 'bench/push0', digest, true)));
-      coldS.push(await timed(() => pull(mirror.url, 'bench/push0', digest, true)));
+      const cold = await cpuPerMiB(mirror.child.pid!, () => pull(mirror.url, 'bench/push0', digest, true));
+      coldS.push(cold.mbps);
+      coldCpu.push(cold.cpuMsPerMiB);
       await mirror.terminate();
     }
     Object.assign(runs, { coldD, coldS });
     f.cold_pull_ratio = median(coldS) / median(coldD);
     f.cold_pull_mbps = median(coldS);
+    f.cold_pull_node_cpu_ms_per_mib = median(coldCpu);
 
     // Manifests under load: 50 connections, by tag and by digest, medians of alternating runs.
     const mdD = await pushSmallImage(dist.url);
@@ -121,7 +125,7 @@ export async function singleBench(): Promise<void> {
     await cleanups.run();
   }
   const figures: Record<string, unknown> = { blob_mib: size / MIB, concurrent_blob_mib: concBlob.length / MIB, rounds, clients_many: clientsMany, ratio_is: "shoal's MB/s (or requests/s) / distribution's" };
-  for (const [k, v] of Object.entries(f)) figures[k] = r(v, k.includes('ratio') ? 2 : 0);
+  for (const [k, v] of Object.entries(f)) figures[k] = r(v, k.includes('ratio') || k.includes('per_mib') ? 2 : 0);
   figures.runs = Object.fromEntries(Object.entries(runs).map(([k, v]) => [k, v.map((x) => r(x, 0))]));
   await report(
     'single',
