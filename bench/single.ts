@@ -14,10 +14,9 @@ import { Cleanups, cpuPerMiB, load, median, MIB, parallelPull, profileEnv, pull,
 
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 
-/** A small image (config and one 1 MiB layer) pushed as `bench/manifest:v1`; returns the manifest's digest. */
-async function pushSmallImage(base: string): Promise<string> {
+/** A small image (a config and `layer`) pushed as `bench/manifest:v1`; returns the manifest's digest. */
+async function pushSmallImage(base: string, layer: Buffer): Promise<string> {
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [] } }));
-  const layer = randomBytes(MIB);
   await push(base, 'bench/manifest', config, sha256(config));
   await push(base, 'bench/manifest', layer, sha256(layer));
   const manifest = Buffer.from(
@@ -102,8 +101,9 @@ export async function singleBench(): Promise<void> {
     f.cold_pull_node_cpu_ms_per_mib = median(coldCpu);
 
     // Manifests under load: 50 connections, by tag and by digest, medians of alternating runs.
-    const mdD = await pushSmallImage(dist.url);
-    const mdS = await pushSmallImage(local.url);
+    const layer = randomBytes(MIB);
+    const mdD = await pushSmallImage(dist.url, layer);
+    const mdS = await pushSmallImage(local.url, layer);
     if (mdD !== mdS) throw new Error('the two registries hold different manifests');
     const rps = { tagD: [] as number[], tagS: [] as number[], digD: [] as number[], digS: [] as number[] };
     for (let i = 0; i < rpsRuns; i++) {
