@@ -4,8 +4,8 @@
  * (dist/, as bin/shoal.js runs it) and, for comparison, for the TypeScript sources run through tsx. The DaemonSet's
  * requests and limits (deploy/daemonset.yaml) are sized from these numbers. Nothing here asserts.
  *
- *   npm run bench                         # this, then the throughput benchmarks of bench/run.ts
- *   BENCH_ONLY=startup npm run bench      # only this
+ *   npm run bench                         # this, then the other scenarios of bench/run.ts
+ *   npm run bench -- startup              # only this
  *   BENCH_STARTS=5 BENCH_IDLE_S=10        # starts per row (median), seconds idle before RSS is read
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -15,10 +15,11 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from '../test/helpers/seed-registry.ts';
 import { writeClusterKey } from '../src/p2p/keys.ts';
+import { load, quick, r, report, type Bar } from './lib.ts';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-const starts = Number(process.env.BENCH_STARTS ?? 5);
-const idleSeconds = Number(process.env.BENCH_IDLE_S ?? 10);
+const starts = Number(process.env.BENCH_STARTS ?? (quick() ? 2 : 5));
+const idleSeconds = Number(process.env.BENCH_IDLE_S ?? (quick() ? 2 : 10));
 
 /** How each variant is started: the compiled program, or the sources through tsx. */
 const VARIANTS = {
@@ -96,8 +97,11 @@ async function serveOnce(variant: Variant, extra: string[], idle: boolean): Prom
   }
 }
 
-/** Measures both variants; prints one table. */
+/** Measures both variants; prints one table, then the JSON line (`ready_ms`: the compiled program, without peers). */
 export async function startupBench(): Promise<void> {
+  const loadBefore = load();
+  const figures: Record<string, number> = {};
+  const bars: Bar[] = [];
   // The compiled row must run the current sources: build first when they changed (bin/shoal.js would use tsx).
   const build = spawnSync(process.execPath, [join(root, 'scripts/build.mjs'), '--if-stale'], { cwd: root, stdio: 'inherit' });
   if (build.status !== 0) throw new Error('npm run build failed');
@@ -120,6 +124,14 @@ export async function startupBench(): Promise<void> {
         rows.push([label, runs]);
       }
       lines.push(`${variant}: shoal --help ${help.toFixed(0)} ms`);
+      const tag = variant === 'compiled' ? '' : '_tsx';
+      figures[`help_ms${tag}`] = r(help, 0);
+      for (const [label, runs] of rows) {
+        const key = label === 'serve' ? 'ready_ms' : 'ready_p2p_ms';
+        figures[`${key}${tag}`] = r(median(runs.map((x) => x.readyMs)), 0);
+        figures[`idle_rss_mib${label === 'serve' ? '' : '_p2p'}${tag}`] = r(runs[0]!.idleRssMiB!, 0);
+        bars.push({ label: `${variant}: ${label}`, value: median(runs.map((x) => x.readyMs)) });
+      }
       for (const [label, runs] of rows) {
         lines.push(
           `${variant}: ${label}: start to ready ${median(runs.map((r) => r.readyMs)).toFixed(0)} ms ` +
@@ -131,6 +143,7 @@ export async function startupBench(): Promise<void> {
     await rm(keyDir, { recursive: true, force: true });
   }
   process.stdout.write(`\nstart-up and idle cost (median of ${starts}; ${context})\n${lines.map((l) => `  ${l}`).join('\n')}\n`);
+  await report('startup', { starts, ...figures }, { title: `start-up: shoal serve to /v2/ answering (load ${loadBefore})`, unit: 'ms, median', bars }, loadBefore);
 }
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) await startupBench();

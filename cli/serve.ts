@@ -13,6 +13,7 @@ export interface ServeFlags {
   peer?: string[];
   peersDns?: string;
   mdns?: boolean;
+  p2pClearData?: boolean;
   zone?: string;
   maxPeerUpload?: string;
   maxSeedRate?: string;
@@ -49,6 +50,7 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
       peers: flags.peer,
       peersDns: flags.peersDns,
       mdns: flags.mdns,
+      p2pClearData: flags.p2pClearData,
       zone: flags.zone,
       maxPeerUpload: flags.maxPeerUpload,
       maxSeedRate: flags.maxSeedRate,

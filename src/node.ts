@@ -154,6 +154,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       bootstrap: config.peers,
       peersDns: config.peersDns || undefined,
       mdns: config.mdns,
+      clearData: config.p2pClearData,
       zone: config.zone || undefined,
       maxUploadRate: parseRate(config.maxPeerUpload),
       maxChunkStreams: config.maxChunkStreams,

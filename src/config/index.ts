@@ -56,6 +56,11 @@ export interface ShoalConfig {
   peersDns: string;
   /** Find peers by mDNS on the local network. */
   mdns: boolean;
+  /**
+   * Peer connections keep the authenticated handshake (cluster key, peer ids) but carry their bytes unencrypted,
+   * when both ends enable it: faster, for a LAN whose traffic between nodes needs no confidentiality (README).
+   */
+  p2pClearData: boolean;
   /** Topology label (e.g. the node's zone); peers with the same label are preferred. */
   zone: string;
   /** Cap on bytes per second served to peers, e.g. 50M or 400Mbit; 0: none. */
@@ -140,6 +145,7 @@ export function defaultConfig(): ShoalConfig {
     peers: [],
     peersDns: '',
     mdns: false,
+    p2pClearData: false,
     zone: '',
     maxPeerUpload: '0',
     maxSeedRate: '0',
@@ -211,6 +217,7 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   peers: 'list',
   peersDns: 'optional',
   mdns: 'boolean',
+  p2pClearData: 'boolean',
   zone: 'optional',
   maxPeerUpload: 'optional',
   maxSeedRate: 'optional',

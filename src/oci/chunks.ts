@@ -21,7 +21,17 @@ export class ChunkHasher {
   private total = 0;
   private readonly chunks: string[] = [];
 
-  update(data: Uint8Array): void {
+  /**
+   * Adds bytes. With `knownHash` (the sha256 hex of exactly these bytes, computed by the caller as they arrived)
+   * a whole chunk that starts on a chunk boundary is taken without hashing it again: each byte is hashed once for
+   * the chunk map.
+   */
+  update(data: Uint8Array, knownHash?: string): void {
+    if (knownHash !== undefined && this.inChunk === 0 && data.length === CHUNK_SIZE) {
+      this.chunks.push(knownHash);
+      this.total += CHUNK_SIZE;
+      return;
+    }
     let buf = data;
     while (buf.length > 0) {
       const take = Math.min(buf.length, CHUNK_SIZE - this.inChunk);

@@ -13,6 +13,7 @@ import type { ChunkMap } from '../oci/index.ts';
 import type { IoOptions } from '../store/index.ts';
 import { BanList } from './bans.ts';
 import { clusterNoise } from './cluster-key.ts';
+import { clusterClearData } from './clear-data.ts';
 import { ContentClient } from './content-client.ts';
 import { ContentServer } from './content-server.ts';
 import { bareAddress, Discovery, DIAL_TIMEOUT_MS } from './discovery.ts';
@@ -52,6 +53,8 @@ export interface PeerServiceOptions {
   /** Port peers listen on when found by DNS (default: ours). */
   peersDnsPort?: number;
   mdns: boolean;
+  /** Offer the clear-data connection security (clear-data.ts) before Noise. */
+  clearData?: boolean;
   /** Topology label; peers in the same zone are preferred. */
   zone?: string;
   /** Serving cap in bytes per second (0: unlimited). */
@@ -179,7 +182,7 @@ export class PeerService implements PeerNetwork {
       privateKey,
       addresses: { listen: [listenAddr] },
       transports: [tcp()],
-      connectionEncrypters: [clusterNoise(clusterKey)],
+      connectionEncrypters: this.opts.clearData ? [clusterClearData(clusterKey), clusterNoise(clusterKey)] : [clusterNoise(clusterKey)],
       streamMuxers: [yamux({ streamOptions } as Parameters<typeof yamux>[0])],
       peerDiscovery: this.opts.mdns ? [mdns({ interval: 5_000 })] : [],
       connectionManager: { maxConnections: 2_000, dialTimeout: DIAL_TIMEOUT_MS },

@@ -1,25 +1,25 @@
-import { Transform, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 
 /**
- * Passes a stream through, reporting the bytes that flow (for metrics). A report that fails is ignored (the
- * bytes still flow); the handlers below run outside any request's promise, so nothing may throw out of them.
+ * Reports the bytes a stream yields (for metrics) as they are read, and returns the same stream: no stage in
+ * between, so a response holds no buffer beyond the stream's own (50 clients of one blob used to hold a pass-through
+ * stage's chunk each, about a third of the node's memory under that load). A complete response counts exactly its
+ * bytes; one cut short counts at most the chunk that was read and not sent. A report that fails is ignored (the
+ * bytes still flow); it runs outside any request's promise, so nothing may throw out of it.
  */
 export function countBytes(source: Readable, report: (n: number) => void): Readable {
-  const counter = new Transform({
-    transform(chunk: Buffer, _enc, done) {
+  const push = source.push.bind(source);
+  source.push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
+    if (chunk !== null && chunk !== undefined) {
       try {
-        report(chunk.length);
+        report((chunk as { length: number }).length);
       } catch {
         // metrics are not worth a response
       }
-      done(null, chunk);
-    },
-  });
-  source.on('error', (err) => counter.destroy(err));
-  counter.on('close', () => {
-    if (!source.destroyed) source.destroy();
-  });
-  return source.pipe(counter);
+    }
+    return push(chunk, encoding);
+  };
+  return source;
 }
 
 /** Wraps a request body so that the bytes it yields are counted. */

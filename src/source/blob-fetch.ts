@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { setImmediate } from 'node:timers/promises';
 import { Readable } from 'node:stream';
 import { AbortedError, NotFoundError, UnavailableError, diskFullCode, isShoalError, storageFullError, type ChunkMap } from '../oci/index.ts';
 import type { ByteRange, ContentStore, Ingest, IoOptions } from '../store/index.ts';
@@ -39,6 +40,8 @@ export interface BlobFetchOptions {
 
 /** How often a seed transfer that broke after making progress is resumed by Range. */
 const MAX_SEED_RESUMES = 2;
+/** Bytes from a seed are written to the ingest in batches of at least this much. */
+const SEED_BATCH = 1024 * 1024;
 /** Holders asked for their chunk map (in rank order). */
 const MAP_HOLDERS = 3;
 /** How long the holders have to give their chunk maps... */
@@ -197,8 +200,8 @@ export class BlobFetch {
     if (!this.holdBack) this.publishSize(size);
   }
 
-  private async appendBytes(chunk: Uint8Array, source: 'peer' | 'seed', signal: AbortSignal): Promise<void> {
-    await this.ingest!.append(chunk, { signal });
+  private async appendBytes(chunk: Uint8Array, source: 'peer' | 'seed', signal: AbortSignal, chunkHash?: string): Promise<void> {
+    await this.ingest!.append(chunk, { signal, chunkHash });
     this.written += chunk.length;
     if (source === 'peer') this.fromPeerBytes += chunk.length;
     this.opts.metrics.pullBytes.inc({ source }, chunk.length);
@@ -370,7 +373,7 @@ export class BlobFetch {
         size: this.total ?? plan.map?.size,
         map: plan.map,
         parallel: this.opts.parallelChunks ?? 4,
-        append: (bytes, from) => this.appendBytes(bytes, from === undefined ? 'seed' : 'peer', signal),
+        append: (bytes, from, hash) => this.appendBytes(bytes, from === undefined ? 'seed' : 'peer', signal, hash),
         onSize: (n) => {
           this.learnSize(n);
           timer ??= setTimeout(() => deadline.abort(), peerTransferDeadlineMs(n));
@@ -481,11 +484,45 @@ export class BlobFetch {
           }
         }
         this.learnSize(res.size);
-        for await (const chunk of res.stream as AsyncIterable<Uint8Array>) {
-          await this.opts.seedRate?.take(chunk.length, signal);
-          metrics.seedBytes.inc({ registry: seeds.registry }, chunk.length);
-          await this.appendBytes(chunk, 'seed', signal);
+        // The seed's pieces (64 KiB or less) are written in batches of up to SEED_BATCH: one file write, one hash
+        // update and one wake-up of the clients that follow the fetch per batch instead of per piece. A batch goes
+        // out as soon as the seed has nothing more at once, so no byte waits on the next one.
+        let batch: Uint8Array[] = [];
+        let batched = 0;
+        const flush = async (): Promise<void> => {
+          if (batched === 0) return;
+          const bytes = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
+          batch = [];
+          batched = 0;
+          await this.appendBytes(bytes, 'seed', signal);
+        };
+        const pieces = (res.stream as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
+        let ended = false;
+        try {
+          for (;;) {
+            const next = pieces.next();
+            if (batched > 0 && (await Promise.race([next.then(() => false, () => false), setImmediate().then(() => true)]))) await flush();
+            const piece = await next;
+            if (piece.done) {
+              ended = true;
+              break;
+            }
+            const chunk = piece.value;
+            await this.opts.seedRate?.take(chunk.length, signal);
+            metrics.seedBytes.inc({ registry: seeds.registry }, chunk.length);
+            batch.push(chunk);
+            batched += chunk.length;
+            if (batched >= SEED_BATCH) await flush();
+          }
+        } catch (err) {
+          // What arrived before the transfer broke is kept, as piece by piece it would have been: a resume
+          // starts after it.
+          if (!signal.aborted) await flush().catch(() => undefined);
+          throw err;
+        } finally {
+          if (!ended) await pieces.return?.().catch(() => undefined);
         }
+        await flush();
         metrics.seedRequests.inc({ registry: seeds.registry, outcome: 'ok' });
         return;
       } catch (err) {

@@ -43,8 +43,11 @@ export interface PeerTransferOptions {
   map?: ChunkMap;
   /** Chunks in flight at once. */
   parallel: number;
-  /** Receives the bytes strictly in order; `from` is the peer, or undefined for the seed. */
-  append: (bytes: Uint8Array, from: string | undefined) => Promise<void>;
+  /**
+   * Receives the bytes strictly in order; `from` is the peer, or undefined for the seed. `hash` is the sha256 hex
+   * of exactly `bytes` when they are a whole chunk whose hash was computed on arrival (so it need not be again).
+   */
+  append: (bytes: Uint8Array, from: string | undefined, hash?: string) => Promise<void>;
   /** Called once the total size is known. */
   onSize: (size: number) => void;
   /** A chunk's bytes from the seed by Range, for a chunk no peer could give; undefined when there is no seed. */
@@ -63,6 +66,8 @@ export interface PeerTransferOptions {
 
 interface ChunkResult {
   bytes: Buffer;
+  /** sha256 hex of `bytes`, when computed on arrival (chunks from peers). */
+  hash?: string;
   /** The peer it came from; undefined: the seed. */
   from: string | undefined;
   size: number;
@@ -169,20 +174,25 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
         try {
           const deadline = AbortSignal.any([chunkSignal, AbortSignal.timeout(opts.chunkTimeoutMs ?? 60_000)]);
           const res = await network.fetchRange(source.peer, { digest, start, end, pull: source.pull }, { signal: deadline });
+          // Hashed frame by frame as it arrives (while the next frame is on the wire), once per byte.
           const parts: Uint8Array[] = [];
+          const hasher = createHash('sha256');
+          let received = 0;
           for await (const p of res.stream) {
             if (done) break;
             parts.push(p);
+            hasher.update(p);
+            received += p.length;
           }
           if (done) return;
-          const bytes = Buffer.concat(parts);
+          const bytes = parts.length === 1 ? Buffer.from(parts[0]!.buffer, parts[0]!.byteOffset, parts[0]!.byteLength) : Buffer.concat(parts, received);
           if (total !== undefined && res.size !== total) {
             live.delete(source.peer);
             throw new UnavailableError(`peer ${source.peer} says ${digest} has ${res.size} bytes, not ${total}`);
           }
           const expectedLength = Math.min(res.size, start + CHUNK_SIZE) - start;
           if (bytes.length !== expectedLength) throw new UnavailableError(`peer ${source.peer} sent ${bytes.length} bytes of chunk ${index}, expected ${expectedLength}`);
-          const hash = createHash('sha256').update(bytes).digest('hex');
+          const hash = hasher.digest('hex');
           evidence.receipts.push({ peer: source.peer, index, hash });
           if (expectedHash !== undefined && hash !== expectedHash) {
             // Not asked again in this transfer; whether it is to blame is decided once the blob verified.
@@ -193,7 +203,7 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
           durations.push(ms);
           network.recordTransfer(source.peer, bytes.length, ms);
           logger.debug({ peer: source.peer, digest, chunk: index, bytes: bytes.length, ms }, 'chunk from peer');
-          finish(() => resolve({ bytes, from: source.peer, size: res.size }));
+          finish(() => resolve({ bytes, hash, from: source.peer, size: res.size }));
         } catch (err) {
           if (done) return;
           lastError = err;
@@ -233,7 +243,7 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
       size = first.size;
       opts.onSize(size);
       const skip = offset % CHUNK_SIZE;
-      if (first.bytes.length > skip) await opts.append(first.bytes.subarray(skip), first.from);
+      if (first.bytes.length > skip) await opts.append(first.bytes.subarray(skip), first.from, skip === 0 ? first.hash : undefined);
       offset += Math.max(0, first.bytes.length - skip);
     } else opts.onSize(size);
     const total = size;
@@ -254,7 +264,7 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
       const res = await results.get(i)!;
       results.delete(i);
       const skip = i === firstIndex ? offset - i * CHUNK_SIZE : 0;
-      await opts.append(skip > 0 ? res.bytes.subarray(skip) : res.bytes, res.from);
+      await opts.append(skip > 0 ? res.bytes.subarray(skip) : res.bytes, res.from, skip > 0 ? undefined : res.hash);
       offset = Math.min(total, (i + 1) * CHUNK_SIZE);
       schedule();
     }

@@ -473,7 +473,7 @@ export class KvContentStore implements ContentStore {
         if (done || !hasher) throw new ShoalError('INTERNAL', 'write to a blob that is already committed or aborted');
         await file.append(chunk);
         hasher.update(chunk);
-        chunks.update(chunk);
+        chunks.update(chunk, opts.chunkHash);
       },
       read: (range) => file.read(range),
       commit: async (repository, expect, opts = {}) => {

@@ -75,13 +75,22 @@ export interface BlobReader {
 export interface Ingest {
   /** Bytes appended so far. */
   readonly size: number;
-  append(chunk: Uint8Array, opts?: IoOptions): Promise<void>;
+  append(chunk: Uint8Array, opts?: IngestAppendOptions): Promise<void>;
   /** A range of the bytes appended so far (inclusive). */
   read(range: ByteRange, opts?: IoOptions): Promise<Readable>;
   /** Verifies digest and size, then commits the blob into `repository`. On mismatch nothing is stored. */
   commit(repository: string, expect: WriteExpectation, opts?: IoOptions): Promise<BlobInfo>;
   /** Drops the bytes; safe to call more than once and after commit. */
   abort(): Promise<void>;
+}
+
+export interface IngestAppendOptions extends IoOptions {
+  /**
+   * sha256 (hex) of exactly this piece, when the caller already hashed it (a peer's chunk checked against its
+   * chunk map): a whole chunk on a chunk boundary is then not hashed again for the stored chunk map. The blob's
+   * digest is still computed from the bytes themselves.
+   */
+  chunkHash?: string;
 }
 
 /** Writes content: verified on commit, never visible half-written. */

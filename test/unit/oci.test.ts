@@ -721,3 +721,36 @@ describe('errors and OCI_STATUS', () => {
     assert.match(storageFullError('EDQUOT', 'writing the manifest').message, /^the node's disk is full \(disk quota exceeded while writing the manifest\);/);
   });
 });
+
+describe('ChunkHasher with hashes known on arrival', () => {
+  const hex = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
+
+  it('takes the known hash of a whole aligned chunk and gives the same map as hashing every byte', async () => {
+    const { ChunkHasher, CHUNK_SIZE } = await import('../../src/oci/chunks.ts');
+    const blob = Buffer.alloc(2 * CHUNK_SIZE + 1000);
+    for (let i = 0; i < blob.length; i += 4096) blob[i] = i % 251;
+    const plain = new ChunkHasher();
+    plain.update(blob);
+    const known = new ChunkHasher();
+    const first = blob.subarray(0, CHUNK_SIZE);
+    const second = blob.subarray(CHUNK_SIZE, 2 * CHUNK_SIZE);
+    const tail = blob.subarray(2 * CHUNK_SIZE);
+    known.update(first, hex(first));
+    known.update(second, hex(second));
+    known.update(tail, hex(tail));
+    assert.deepEqual(known.map(), plain.map());
+    assert.equal(known.map().chunks.length, 3);
+  });
+
+  it('hashes the bytes itself when they are not a whole chunk on a chunk boundary', async () => {
+    const { ChunkHasher, CHUNK_SIZE } = await import('../../src/oci/chunks.ts');
+    const blob = Buffer.alloc(CHUNK_SIZE + 10, 7);
+    const plain = new ChunkHasher();
+    plain.update(blob);
+    const h = new ChunkHasher();
+    h.update(blob.subarray(0, 10));
+    // Misaligned: the "known" hash (deliberately wrong here) must not be used.
+    h.update(blob.subarray(10, CHUNK_SIZE + 10), '0'.repeat(64));
+    assert.deepEqual(h.map(), plain.map());
+  });
+});
