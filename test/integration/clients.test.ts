@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { startTestNode, type TestNode } from '../helpers/node.ts';
 import { buildImageLayout, blobPath, REF_NAME_ANNOTATION, type FixtureImage, type ImageLayout } from '../fixtures/images.ts';
+import { cleanUp } from '../helpers/cleanup.ts';
 
 const execFileP = promisify(execFile);
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -93,10 +94,7 @@ describe('real clients (skopeo, podman) against a Shoal node', () => {
   });
 
   after(async () => {
-    const errors: unknown[] = [];
-    if (node) await node.stop().catch((e: unknown) => errors.push(e));
-    if (work) await rm(work, { recursive: true, force: true }).catch((e: unknown) => errors.push(e));
-    if (errors.length) throw new AggregateError(errors, 'clients test cleanup failed');
+    await cleanUp('clients test', [() => node?.stop(), () => (work ? rm(work, { recursive: true, force: true }) : undefined)]);
   });
 
   /** Pushes one fixture tag from the layout to docker://hostPort/repo:tag, keeping every digest. */

@@ -19,6 +19,7 @@ import { buildImageLayout, type ImageLayout } from '../fixtures/images.ts';
 import { startContainerd, type Containerd } from '../helpers/containerd.ts';
 import { startDockerRegistry, type DockerRegistry } from '../helpers/seed-registry.ts';
 import { ShoalProcesses, runShoal, type ShoalProcess } from '../helpers/spawn-node.ts';
+import { cleanUp } from '../helpers/cleanup.ts';
 
 const execFileP = promisify(execFile);
 
@@ -55,15 +56,7 @@ describe('containerd through `shoal serve --seed http://R` and `shoal containerd
   });
 
   after(async () => {
-    const errors: unknown[] = [];
-    for (const step of [() => containerd?.stop(), () => procs.cleanup(), () => seed?.stop(), () => (work ? rm(work, { recursive: true, force: true, maxRetries: 3 }) : undefined)]) {
-      try {
-        await step();
-      } catch (err) {
-        errors.push(err);
-      }
-    }
-    if (errors.length) throw new AggregateError(errors, 'cleanup failed');
+    await cleanUp('containerd seed test', [() => containerd?.stop(), () => procs.cleanup(), () => seed?.stop(), () => (work ? rm(work, { recursive: true, force: true, maxRetries: 3 }) : undefined)]);
   });
 
   it('containerd-config takes http:// for R from the running node\'s seeds, without a warning', async () => {

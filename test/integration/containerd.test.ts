@@ -21,6 +21,7 @@ import { scrape, type Metrics } from '../helpers/metrics.ts';
 import { startTestNode, type TestNode } from '../helpers/node.ts';
 import { startDockerRegistry, type DockerRegistry } from '../helpers/seed-registry.ts';
 import { runShoal } from '../helpers/spawn-node.ts';
+import { cleanUp } from '../helpers/cleanup.ts';
 
 const execFileP = promisify(execFile);
 
@@ -71,15 +72,7 @@ describe('containerd pulls through a Shoal node configured by `shoal containerd-
   });
 
   after(async () => {
-    const errors: unknown[] = [];
-    for (const step of [() => containerd?.stop(), () => node?.stop(), () => seed?.stop(), () => (work ? rm(work, { recursive: true, force: true, maxRetries: 3 }) : undefined)]) {
-      try {
-        await step();
-      } catch (err) {
-        errors.push(err);
-      }
-    }
-    if (errors.length) throw new AggregateError(errors, 'containerd test cleanup failed');
+    await cleanUp('containerd test', [() => containerd?.stop(), () => node?.stop(), () => seed?.stop(), () => (work ? rm(work, { recursive: true, force: true, maxRetries: 3 }) : undefined)]);
   });
 
   it('`shoal containerd-config` writes hosts.toml for the registry with the node as its mirror', async () => {

@@ -16,6 +16,7 @@ import { startContainerd, type Containerd } from '../helpers/containerd.ts';
 import { generateSigningKey, pushSignature, sigTag, writePublicKey } from '../helpers/cosign.ts';
 import { startDockerRegistry, type DockerRegistry } from '../helpers/seed-registry.ts';
 import { ShoalProcesses, runShoal, type ShoalProcess } from '../helpers/spawn-node.ts';
+import { cleanUp } from '../helpers/cleanup.ts';
 
 const execFileP = promisify(execFile);
 
@@ -64,15 +65,7 @@ describe('containerd through a node that enforces a signature policy', { concurr
   });
 
   after(async () => {
-    const errors: unknown[] = [];
-    for (const step of [() => containerd?.stop(), () => procs.cleanup(), () => seed?.stop(), () => (work ? rm(work, { recursive: true, force: true, maxRetries: 3 }) : undefined)]) {
-      try {
-        await step();
-      } catch (err) {
-        errors.push(err);
-      }
-    }
-    if (errors.length) throw new AggregateError(errors, 'cleanup failed');
+    await cleanUp('policy containerd test', [() => containerd?.stop(), () => procs.cleanup(), () => seed?.stop(), () => (work ? rm(work, { recursive: true, force: true, maxRetries: 3 }) : undefined)]);
   });
 
   it('pulls the signed image through the node', async () => {
