@@ -3,12 +3,16 @@
  * writing a scenario's figures (bench/results/<scenario>.json) with a bar chart of them (<scenario>.svg).
  * Nothing here asserts: the figures are printed and stored, never compared with a threshold.
  */
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Agent, request } from 'undici';
+import { promisify } from 'node:util';
+
+const execFileP = promisify(execFile);
 
 export const MIB = 1024 * 1024;
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -81,6 +85,42 @@ export async function parallelPull(base: string, repo: string, digest: string, c
  * Requests per second of GETs on `path` with `connections` keep-alive connections, each with one request in
  * flight, for `seconds`. Every answer must be 200: an error ends the run.
  */
+/** Whether a program is on PATH. */
+function has(program: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${program}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Requests per second on separate cores: with `wrk` and `taskset` (and 2 cores or more), the server listening at
+ * `base` is pinned to the last core and wrk to the first, so that the load generator does not take the server's
+ * CPU (the loop below shares the cores with it, and its figures swing by 5x). Else the in-process loop. Says
+ * which it used.
+ */
+export async function pinnedRequestsPerSecond(
+  base: string,
+  path: string,
+  opts: { connections: number; seconds: number; accept?: string },
+): Promise<{ rps: number; how: 'wrk-pinned' | 'loop' }> {
+  const cores = availableParallelism();
+  if (process.env.BENCH_PIN === '0' || cores < 2 || !has('wrk') || !has('taskset') || !has('ss')) return { rps: await requestsPerSecond(base, path, opts), how: 'loop' };
+  const port = new URL(base).port;
+  const pid = /pid=(\d+)/.exec(execFileSync('ss', ['-Hltnp', `sport = :${port}`]).toString())?.[1];
+  if (!pid) return { rps: await requestsPerSecond(base, path, opts), how: 'loop' };
+  execFileSync('taskset', ['-a', '-p', '-c', String(cores - 1), pid], { stdio: 'ignore' });
+  const args = ['-c', '0', 'wrk', '-t1', `-c${opts.connections}`, `-d${opts.seconds}s`, '-H', `Accept: ${opts.accept ?? '*/*'}`, new URL(path, base).href];
+  const { stdout } = await execFileP('taskset', args);
+  const failed = /Non-2xx or 3xx responses: (\d+)/.exec(stdout);
+  if (failed) throw new Error(`GET ${path} at ${base}: ${failed[1]} answers were not 200:\n${stdout}`);
+  const rps = /Requests\/sec:\s+([\d.]+)/.exec(stdout);
+  if (!rps) throw new Error(`wrk printed no rate:\n${stdout}`);
+  return { rps: Number(rps[1]), how: 'wrk-pinned' };
+}
+
 export async function requestsPerSecond(base: string, path: string, opts: { connections: number; seconds: number; accept?: string }): Promise<number> {
   const dispatcher = new Agent({ connections: opts.connections, pipelining: 1, keepAliveTimeout: 30_000 });
   const url = new URL(path, base);

@@ -54,6 +54,9 @@ class Guard implements SweepGuard {
 
 /** How often a blob's access time is rewritten at most. */
 const ATIME_RESOLUTION_MS = 60_000;
+/** readSmallContent keeps blobs up to this size in memory (manifests are a few KiB), up to SMALL_CACHE_BYTES. */
+const SMALL_BLOB_MAX = 256 * 1024;
+const SMALL_CACHE_BYTES = 8 * 1024 * 1024;
 
 function checkAbort(signal?: AbortSignal): void {
   if (signal?.aborted) throw new AbortedError();
@@ -74,6 +77,9 @@ export class KvContentStore implements ContentStore {
   private readonly listeners = new Set<(event: ContentEvent) => void>();
   /** Open read streams per digest. */
   private readonly readers = new Map<string, number>();
+  /** Small blobs' bytes by digest, least recently read first (readSmallContent). */
+  private readonly small = new Map<string, Buffer>();
+  private smallBytes = 0;
   /** Digests that manifest puts in progress refer to (from their check until their records are written). */
   private readonly referenced = new Map<string, number>();
   private readonly guards = new Set<Guard>();
@@ -316,9 +322,11 @@ export class KvContentStore implements ContentStore {
     }
     await this.kv.batch(ops);
     crashPoint(`${reason}:records`);
+    this.forgetSmall(digest);
     await this.bytes.remove(digest);
     crashPoint(`${reason}:unlinked`);
     this.atimes.delete(digest);
+    this.forgetSmall(digest);
     if (rec) {
       this.totals.blobs--;
       this.totals.bytes -= rec.size;
@@ -419,6 +427,46 @@ export class KvContentStore implements ContentStore {
       else this.readers.set(digest, n);
     });
     if (opts?.touch === false) return stream;
+    await this.noteRead(digest);
+    return stream;
+  }
+
+  async readSmallContent(digest: string, opts: IoOptions = {}): Promise<Buffer> {
+    const held = this.small.get(digest);
+    if (held) {
+      this.small.delete(digest);
+      this.small.set(digest, held);
+      await this.noteRead(digest);
+      return held;
+    }
+    const stream = await this.readContent(digest, undefined, opts);
+    const bytes = Buffer.concat((await stream.toArray()) as Buffer[]);
+    if (bytes.length <= SMALL_BLOB_MAX && this.stored(digest)) {
+      this.small.set(digest, bytes);
+      this.smallBytes += bytes.length;
+      for (const [d, b] of this.small) {
+        if (this.smallBytes <= SMALL_CACHE_BYTES) break;
+        this.small.delete(d);
+        this.smallBytes -= b.length;
+      }
+    }
+    return bytes;
+  }
+
+  /** Whether the bytes of `digest` are still in the store as far as this process knows (none removed since). */
+  private stored(digest: string): boolean {
+    return this.atimes.has(digest);
+  }
+
+  private forgetSmall(digest: string): void {
+    const b = this.small.get(digest);
+    if (!b) return;
+    this.small.delete(digest);
+    this.smallBytes -= b.length;
+  }
+
+  /** A read is a use: the access time eviction goes by (written at most once per ATIME_RESOLUTION_MS). */
+  private async noteRead(digest: string): Promise<void> {
     const now = Date.now();
     const last = this.atimes.get(digest) ?? 0;
     this.atimes.set(digest, now);
@@ -428,7 +476,6 @@ export class KvContentStore implements ContentStore {
         if (!diskFullCode(err)) throw err;
       });
     }
-    return stream;
   }
 
   /** Records for a blob that now has bytes in place, linked into `repository`. */

@@ -66,6 +66,12 @@ export interface BlobReader {
    * access time, which eviction goes by) unless `touch` is false: listings that only look (`shoal ls`) say so.
    */
   readContent(digest: string, range?: ByteRange, opts?: IoOptions & { touch?: boolean }): Promise<Readable>;
+  /**
+   * The whole bytes of a small blob (a manifest the caller has just looked up), counted as a use like a read. Small
+   * ones are kept in memory by digest (content by digest never changes), so a manifest asked for again opens no
+   * file. Throws BLOB_UNKNOWN when absent.
+   */
+  readSmallContent(digest: string, opts?: IoOptions): Promise<Buffer>;
 }
 
 /**

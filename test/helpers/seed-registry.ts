@@ -30,7 +30,7 @@ export interface HtpasswdUser {
 }
 
 /** docker-registry's config (as lines): filesystem storage under `dataDir`, deletes on, quiet logs, `addr`. */
-export function dockerRegistryConfig(dataDir: string, addr: string): string[] {
+export function dockerRegistryConfig(dataDir: string, addr: string, opts: { blobDescriptorCache?: boolean } = {}): string[] {
   return [
     'version: 0.1',
     'log:',
@@ -38,6 +38,8 @@ export function dockerRegistryConfig(dataDir: string, addr: string): string[] {
     '  accesslog:',
     '    disabled: true',
     'storage:',
+    // As distribution ships its config (Debian's too): descriptors kept in memory. Benchmarks compare against that.
+    ...(opts.blobDescriptorCache ? ['  cache:', '    blobdescriptor: inmemory'] : []),
     '  filesystem:',
     `    rootdirectory: ${JSON.stringify(dataDir)}`,
     '  delete:',
@@ -72,14 +74,14 @@ async function stopProcess(child: ChildProcess): Promise<void> {
  * Starts docker-registry with filesystem storage in a temp dir, deletes enabled, and htpasswd auth when
  * `users` are given. Resolves once `GET /v2/` answers.
  */
-export async function startDockerRegistry(opts: { users?: HtpasswdUser[]; signal?: AbortSignal } = {}): Promise<DockerRegistry> {
+export async function startDockerRegistry(opts: { users?: HtpasswdUser[]; signal?: AbortSignal; blobDescriptorCache?: boolean } = {}): Promise<DockerRegistry> {
   const dir = await mkdtemp(join(tmpdir(), 'shoal-seed-'));
   let lastError: unknown;
   try {
     for (let tries = 0; tries < 3; tries++) {
       const port = await freePort();
       const hostPort = `127.0.0.1:${port}`;
-      const lines = dockerRegistryConfig(join(dir, 'data'), hostPort);
+      const lines = dockerRegistryConfig(join(dir, 'data'), hostPort, { blobDescriptorCache: opts.blobDescriptorCache });
       if (opts.users?.length) {
         const htpasswdPath = join(dir, 'htpasswd');
         await writeFile(htpasswdPath, opts.users.map((u) => `${u.username}:${u.bcryptHash}`).join('\n') + '\n');

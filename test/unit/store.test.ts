@@ -95,6 +95,21 @@ describe('ContentStore on disk: layout, restart and recovery', () => {
     assert.deepEqual(await readdir(join(dir, 'ingest')), []);
   });
 
+  it('readSmallContent: the bytes from memory once read; removed content is gone from memory too; reads still count as uses', async () => {
+    const info = await store!.writeBlob('r', chunks('{"small":"manifest"}'), {});
+    assert.equal((await store!.readSmallContent(info.digest)).toString(), '{"small":"manifest"}');
+    // The file is gone behind the store's back: the second read comes from memory, without opening it.
+    await rm(blobPath(dir, info.digest));
+    assert.equal((await store!.readSmallContent(info.digest)).toString(), '{"small":"manifest"}');
+    const used = (await store!.listEntries()).find((e) => e.digest === info.digest)!;
+    assert.ok(used.accessed !== undefined && used.accessed > 0, 'the read is recorded as a use, which eviction goes by');
+    // Taken out of the store (as eviction, GC or a corrupt find would): it is not served from memory either.
+    const again = await store!.writeBlob('r', chunks('another small one'), {});
+    await store!.readSmallContent(again.digest);
+    assert.equal(await store!.removeContent(again.digest, 'evicted'), true);
+    await assert.rejects(store!.readSmallContent(again.digest), (err: Error & { code?: string }) => err.code === 'BLOB_UNKNOWN');
+  });
+
   it('a failed write leaves no file in ingest/ or blobs/', async () => {
     await rejectsWith(store!.writeBlob('r', chunks('hello'), { digest: sha256('other') }), DigestMismatchError, 'DIGEST_INVALID');
     await rejectsWith(store!.writeBlob('r', chunks('hello'), { size: 2 }), InvalidError, 'SIZE_INVALID');
