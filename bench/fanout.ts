@@ -18,6 +18,7 @@ import { NetnsLab, type NsProcess } from '../test/helpers/netns.ts';
 import { DOCKER_REGISTRY_BIN, dockerRegistryConfig, freePort, pushRandomImage } from '../test/helpers/seed-registry.ts';
 import { SHOAL_BIN } from '../test/helpers/spawn-node.ts';
 import { Cleanups, load, MIB, profileEnv, quick, r, report } from './lib.ts';
+import { waitFor } from '../test/helpers/cluster.ts';
 
 const SUBNET = '10.233.9';
 const SEED_IP = `${SUBNET}.250`;
@@ -36,19 +37,6 @@ function nodeEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   return { ...env, ...(profileEnv() ?? {}), ...extra };
 }
 
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      if (await check()) return;
-    } catch (err) {
-      last = err;
-    }
-    await new Promise((ok) => setTimeout(ok, 100));
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-}
 
 /** Fills a docker-registry data dir with one image through a registry on loopback (stopped afterwards). */
 async function fillSeed(dataDir: string, layerSizes: number[]): Promise<{ blobs: Array<{ digest: string; size: number }>; manifest: string; bytes: number }> {

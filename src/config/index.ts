@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { parse as parseYaml } from 'yaml';
-import ms from 'ms';
+import { durationMs } from '../limits/duration.ts';
 import { parsePercentOrSize, parseRate, parseSize } from '../limits/size.ts';
 import { parseReference } from '../oci/reference.ts';
 import { parseRetentionRules, type RetentionRule } from '../life/retention.ts';
@@ -254,8 +254,8 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
 
 /** A duration setting in milliseconds: `90s`, `15m`, `6h`, `2d`, or a number of milliseconds; 0 allowed. */
 export function parseDuration(value: string, setting: string): number {
-  const n = /^\d+$/.test(value.trim()) ? Number(value) : ms(value.trim() as ms.StringValue);
-  if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) throw new ConfigError(`${setting}: ${JSON.stringify(value)} is not a duration; write e.g. 90s, 15m, 6h or 2d`);
+  const n = durationMs(value);
+  if (n === undefined) throw new ConfigError(`${setting}: ${JSON.stringify(value)} is not a duration; write e.g. 90s, 15m, 6h or 2d`);
   return n;
 }
 

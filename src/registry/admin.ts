@@ -1,6 +1,6 @@
 import type { Context } from 'koa';
 import { PassThrough } from 'node:stream';
-import ms from 'ms';
+import { durationMs } from '../limits/duration.ts';
 import { parseSince, readAudit, type AuditEntry, type AuditFilter } from '../access/index.ts';
 import { InvalidError, NotFoundError, UnsupportedError } from '../oci/index.ts';
 import type { RegistryDeps, RegistryState } from './context.ts';
@@ -171,8 +171,8 @@ async function auditEntries(ctx: Context, deps: RegistryDeps): Promise<{ entries
   if (since !== undefined) {
     try {
       filter.since = parseSince(since, Date.now(), (d) => {
-        const n = /^\d+$/.test(d) ? Number(d) : ms(d as ms.StringValue);
-        if (typeof n !== 'number' || !Number.isFinite(n) || n < 0) throw new Error(`since=${JSON.stringify(since.slice(0, 40))} is not a duration (90m, 2d) or a date (2026-11-30)`);
+        const n = durationMs(d);
+        if (n === undefined) throw new Error(`since=${JSON.stringify(since.slice(0, 40))} is not a duration (90m, 2d) or a date (2026-11-30)`);
         return n;
       });
     } catch (err) {

@@ -18,6 +18,7 @@ import { emptyResponse, requireRepository } from './repositories.ts';
 import { countBytes } from './streams.ts';
 import { guardTagWrite } from './auth.ts';
 import { gateManifest } from './policy.ts';
+import { SMALL_CONTENT_MAX } from '../store/index.ts';
 
 type ParsedReference = { kind: 'digest'; digest: string } | { kind: 'tag'; tag: string };
 
@@ -58,7 +59,7 @@ export async function getManifest(ctx: Context, deps: RegistryDeps, p: RoutePara
     ctx.set('Content-Length', String(record.size));
     return;
   }
-  if (record.size <= SMALL_MANIFEST) {
+  if (record.size <= SMALL_CONTENT_MAX) {
     // The usual manifest: whole, from memory once it has been read (no file opened per request).
     const bytes = await deps.store.readSmallContent(digest, { signal });
     deps.metrics.servedBytes.inc({ kind: 'manifest' }, bytes.length);
@@ -69,9 +70,6 @@ export async function getManifest(ctx: Context, deps: RegistryDeps, p: RoutePara
   ctx.length = record.size;
   ctx.body = countBytes(stream, (n) => deps.metrics.servedBytes.inc({ kind: 'manifest' }, n));
 }
-
-/** Manifests up to this size are served from the store's memory of small blobs. */
-const SMALL_MANIFEST = 256 * 1024;
 
 /** Every blob and child manifest a manifest names must be in the repository (a subject need not be). */
 async function checkReferences(deps: RegistryDeps, name: string, m: ParsedManifest, signal: AbortSignal): Promise<void> {

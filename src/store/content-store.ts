@@ -55,7 +55,7 @@ class Guard implements SweepGuard {
 /** How often a blob's access time is rewritten at most. */
 const ATIME_RESOLUTION_MS = 60_000;
 /** readSmallContent keeps blobs up to this size in memory (manifests are a few KiB), up to SMALL_CACHE_BYTES. */
-const SMALL_BLOB_MAX = 256 * 1024;
+export const SMALL_CONTENT_MAX = 256 * 1024;
 const SMALL_CACHE_BYTES = 8 * 1024 * 1024;
 
 function checkAbort(signal?: AbortSignal): void {
@@ -441,7 +441,7 @@ export class KvContentStore implements ContentStore {
     }
     const stream = await this.readContent(digest, undefined, opts);
     const bytes = Buffer.concat((await stream.toArray()) as Buffer[]);
-    if (bytes.length <= SMALL_BLOB_MAX && this.stored(digest)) {
+    if (bytes.length <= SMALL_CONTENT_MAX && this.stored(digest)) {
       this.small.set(digest, bytes);
       this.smallBytes += bytes.length;
       for (const [d, b] of this.small) {

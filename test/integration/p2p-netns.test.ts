@@ -14,7 +14,6 @@ import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { writeClusterKey } from '../../src/p2p/keys.ts';
 import { blobPath, buildImageLayout, REF_NAME_ANNOTATION, type FixtureImage, type ImageLayout } from '../fixtures/images.ts';
 import { Metrics } from '../helpers/metrics.ts';
@@ -23,6 +22,7 @@ import { DOCKER_REGISTRY_BIN, dockerRegistryConfig } from '../helpers/seed-regis
 import { skopeoIn } from '../helpers/skopeo.ts';
 import { SHOAL_BIN } from '../helpers/spawn-node.ts';
 import { assertLayoutHolds } from '../helpers/layout.ts';
+import { waitFor } from '../helpers/cluster.ts';
 
 const MiB = 1024 * 1024;
 const SUBNET = '10.233.7';
@@ -75,19 +75,6 @@ describe('three nodes in network namespaces over 200 mbit links, seed in a fourt
     return new Metrics(r.body);
   }
 
-  async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    let last: unknown;
-    while (Date.now() < deadline) {
-      try {
-        if (await check()) return;
-      } catch (err) {
-        last = err;
-      }
-      await sleep(100);
-    }
-    throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
-  }
 
   before(async () => {
     await lab.checkPermitted();

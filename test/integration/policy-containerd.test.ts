@@ -6,19 +6,16 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { buildImageLayout, type ImageLayout } from '../fixtures/images.ts';
 import { startContainerd, type Containerd } from '../helpers/containerd.ts';
 import { generateSigningKey, pushSignature, sigTag, writePublicKey } from '../helpers/cosign.ts';
 import { startDockerRegistry, type DockerRegistry } from '../helpers/seed-registry.ts';
 import { ShoalProcesses, runShoal, type ShoalProcess } from '../helpers/spawn-node.ts';
 import { cleanUp } from '../helpers/cleanup.ts';
-
-const execFileP = promisify(execFile);
+import { skopeoIn } from '../helpers/skopeo.ts';
 
 describe('containerd through a node that enforces a signature policy', { concurrency: 1 }, () => {
   const procs = new ShoalProcesses();
@@ -41,15 +38,9 @@ describe('containerd through a node that enforces a signature policy', { concurr
     work = await mkdtemp(join(tmpdir(), 'shoal-policy-ctr-'));
     layout = await buildImageLayout(join(work, 'layout'));
     seed = await startDockerRegistry();
-    const skopeoPolicy = join(work, 'skopeo-policy.json');
-    await writeFile(skopeoPolicy, JSON.stringify({ default: [{ type: 'insecureAcceptAnything' }] }));
-    await mkdir(join(work, 'tmp'));
+    const skopeo = await skopeoIn(join(work, 'skopeo'));
     for (const repo of ['apps/signed', 'apps/unsigned']) {
-      await execFileP(
-        'skopeo',
-        ['--policy', skopeoPolicy, 'copy', '--all', '--retry-times', '0', '--dest-tls-verify=false', `oci:${layout.dir}:multi`, `docker://${seed.hostPort}/${repo}:v1`],
-        { env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: work, TMPDIR: join(work, 'tmp') }, timeout: 60_000 },
-      );
+      await skopeo('copy', '--all', '--retry-times', '0', '--dest-tls-verify=false', `oci:${layout.dir}:multi`, `docker://${seed.hostPort}/${repo}:v1`);
     }
     const key = generateSigningKey('ecdsa');
     await pushSignature(seed.url, 'apps/signed', sigTag(key, layout.multi.digest, { reference: `${seed.hostPort}/apps/signed` }));
