@@ -19,6 +19,7 @@ import { createGunzip } from 'node:zlib';
 import tar, { type Header as TarHeader } from 'tar-stream';
 import {
   Digest,
+  effectiveArtifactType,
   MediaType,
   ShoalError,
   isShoalError,
@@ -349,7 +350,7 @@ class BundleReader {
             continue;
           }
           if (parsed.subject?.digest !== digest) continue;
-          out.push({ mediaType: parsed.mediaType, digest: d, size: bytes.length, artifactType: parsed.artifactType ?? parsed.config?.mediaType });
+          out.push({ mediaType: parsed.mediaType, digest: d, size: bytes.length, artifactType: effectiveArtifactType(parsed) });
         }
         return out;
       },
@@ -897,7 +898,7 @@ class BundleReader {
     for (const m of plan.manifests) {
       if (!m.isReferrer) continue;
       const parsed = this.parse(m.bytes, m.mediaType, `referrer ${m.digest}`);
-      const artifactType = parsed.artifactType ?? parsed.config?.mediaType;
+      const artifactType = effectiveArtifactType(parsed);
       if (parsed.subject?.digest !== plan.digest || !isSignatureArtifact(m.bytes, undefined)) continue;
       entries.push({ mediaType: parsed.mediaType, digest: m.digest, size: m.bytes.length, ...(artifactType ? { artifactType } : {}), ...(parsed.annotations ? { annotations: parsed.annotations } : {}) });
     }

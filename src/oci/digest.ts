@@ -57,6 +57,17 @@ export class Digest {
     return this.toString() === other.toString();
   }
 
+  /** Whether `data` is the content `digest` names (in its own algorithm); false for a digest that does not parse. */
+  static names(digest: string, data: Uint8Array): boolean {
+    let d: Digest;
+    try {
+      d = Digest.parse(digest);
+    } catch {
+      return false;
+    }
+    return Digest.of(data, d.algorithm).equals(d);
+  }
+
   /** Throws DigestMismatchError unless `data` hashes to this digest. */
   verify(data: Uint8Array): void {
     const actual = Digest.of(data, this.algorithm);

@@ -61,3 +61,16 @@ export function formatReference(ref: Reference): string {
 export function storeRepositoryName(registry: string, repository: string): string {
   return `${registry.toLowerCase().replace(':', '-')}/${repository}`;
 }
+
+/**
+ * The registry and repository a stored repository name stands for, the inverse of storeRepositoryName:
+ * `registry.local-5000/team/app` -> `registry.local:5000` and `team/app`. Undefined when its first component is
+ * not a registry host (a dot in it, or `localhost`): a repository pushed as it is.
+ */
+export function parseStoreRepositoryName(name: string): { registry: string; repository: string } | undefined {
+  const slash = name.indexOf('/');
+  if (slash <= 0) return undefined;
+  const first = name.slice(0, slash);
+  if (!first.includes('.') && !first.startsWith('localhost')) return undefined;
+  return { registry: first.replace(/-(\d+)$/, ':$1'), repository: name.slice(slash + 1) };
+}

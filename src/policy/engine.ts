@@ -168,11 +168,6 @@ export class PolicyEngine {
   count(result: DecisionResult, reason: string): void {
     this.decisions?.inc({ result, reason });
   }
-
-  /** The policy as it is in force now (for a decision made outside the node, e.g. on an import). */
-  current(): Policy {
-    return this.policy;
-  }
 }
 
 /** Layer media types of signatures: nothing a runtime unpacks. */

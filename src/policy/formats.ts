@@ -13,7 +13,7 @@
  * Nothing here contacts Rekor, Fulcio or a TUF repository; a transparency-log entry embedded in a signature is
  * checked only when a Rekor public key is pinned in the policy.
  */
-import { constants, createHash, verify, type KeyObject } from 'node:crypto';
+import { constants, verify, type KeyObject } from 'node:crypto';
 import type { TrustedPublicKey } from './file.ts';
 
 export const SIMPLE_SIGNING_MEDIA_TYPE = 'application/vnd.dev.cosign.simplesigning.v1+json';
@@ -262,9 +262,4 @@ export function checkSigstoreBundle(bytes: Buffer, digest: string, keys: Trusted
     if (problem) return { ...where, outcome: 'tlog-invalid', key: key.source, detail: problem };
   }
   return { ...where, outcome: 'valid', key: key.source, detail: `signed by ${key.source}` };
-}
-
-/** sha256 of bytes as `sha256:<hex>`. */
-export function sha256Digest(bytes: Buffer): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }

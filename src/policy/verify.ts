@@ -3,7 +3,7 @@
  * image has, in any of the formats, is read and checked; one valid signature by a trusted key over this very
  * digest satisfies a `sigstoreSigned` requirement.
  */
-import { parseManifest, type Descriptor, type ParsedManifest } from '../oci/index.ts';
+import { Digest, parseManifest, type Descriptor, type ParsedManifest } from '../oci/index.ts';
 import { describeRule, type PolicyRule, type Requirement } from './file.ts';
 import {
   COSIGN_SIGNATURE_ARTIFACT_TYPE,
@@ -14,7 +14,6 @@ import {
   cosignSignatureTag,
   isSigstoreBundleType,
   referrersFallbackTag,
-  sha256Digest,
   type SignatureCheck,
 } from './formats.ts';
 
@@ -87,7 +86,7 @@ async function checkSimpleSigningManifest(
       continue;
     }
     const payload = layer.size <= MAX_SIGNATURE_BLOB ? await source.blob(layer.digest, { signal }) : undefined;
-    if (!payload || sha256Digest(payload) !== layer.digest) {
+    if (!payload || !Digest.names(layer.digest, payload)) {
       out.push({ ...where, outcome: 'unreadable', detail: `its payload ${layer.digest} is ${payload ? 'not the bytes it names' : 'not available'}` });
       continue;
     }
@@ -129,7 +128,7 @@ export async function checkSignatures(
       continue;
     }
     const bytes = await source.manifest(d.digest, { signal });
-    const parsed = bytes && sha256Digest(bytes) === d.digest ? tryParse(bytes) : undefined;
+    const parsed = bytes && Digest.names(d.digest, bytes) ? tryParse(bytes) : undefined;
     if (!parsed || parsed.kind !== 'manifest') {
       checks.push({ format: 'unknown', artifact: d.digest, outcome: 'unreadable', detail: `signature manifest ${d.digest} is ${bytes ? 'not a valid image manifest' : 'not available'}` });
       continue;
@@ -143,7 +142,7 @@ export async function checkSignatures(
     if (layers.length === 0) checks.push({ format: 'sigstore-bundle', artifact: d.digest, outcome: 'unreadable', detail: 'the referrer has no Sigstore bundle layer' });
     for (const layer of layers) {
       const b = layer.size <= MAX_SIGNATURE_BLOB ? await source.blob(layer.digest, { signal }) : undefined;
-      if (!b || sha256Digest(b) !== layer.digest) {
+      if (!b || !Digest.names(layer.digest, b)) {
         checks.push({ format: 'sigstore-bundle', artifact: d.digest, outcome: 'unreadable', detail: `the bundle ${layer.digest} is ${b ? 'not the bytes it names' : 'not available'}` });
         continue;
       }

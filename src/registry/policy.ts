@@ -7,13 +7,12 @@
  *   GET /shoal/policy/verify?repository=R&reference=TAG|DIGEST[&ns=REGISTRY]  -> the verdict, explained
  */
 import type { Context } from 'koa';
-import { AbortedError, DeniedError, InvalidError, isShoalError, UnsupportedError, type Descriptor } from '../oci/index.ts';
-import { signatureArtifactKind, type Decision, type PolicyEngine, type SignatureSource } from '../policy/index.ts';
+import { AbortedError, DeniedError, InvalidError, isShoalError, parseStoreRepositoryName, UnsupportedError, validateRepositoryName, type Descriptor } from '../oci/index.ts';
+import { describeRule, signatureArtifactKind, type Decision, type PolicyEngine, type SignatureSource } from '../policy/index.ts';
 import type { RepositoryTarget } from '../source/pull-through.ts';
-import type { ManifestRecord } from '../store/index.ts';
+import { SMALL_CONTENT_MAX, type ManifestRecord } from '../store/index.ts';
 import type { RegistryDeps, RegistryState, RouteParams } from './context.ts';
 import { namespacedRepository, parseNamespace } from './routes.ts';
-import { validateRepositoryName } from '../oci/index.ts';
 import { parseManifestReference } from './manifests.ts';
 
 /** Largest signature manifest or payload read through the pull path. */
@@ -25,13 +24,14 @@ const MAX_READ = 4 * 1024 * 1024;
  */
 export function policyImageName(target: RepositoryTarget): string {
   if (target.namespace) return `${target.namespace}/${target.upstream}`;
-  const [first, ...rest] = target.repository.split('/');
-  if (first && rest.length > 0 && (first.includes('.') || first.startsWith('localhost'))) return `${first.replace(/-(\d+)$/, ':$1')}/${rest.join('/')}`;
-  return target.repository;
+  const stored = parseStoreRepositoryName(target.repository);
+  return stored ? `${stored.registry}/${stored.repository}` : target.repository;
 }
 
 async function readAll(deps: RegistryDeps, digest: string, size: number, signal?: AbortSignal): Promise<Buffer> {
   if (size > MAX_READ) throw new InvalidError('MANIFEST_INVALID', `${digest} is ${size} bytes, too large to be a signature or manifest the policy reads`);
+  // The same read the serve that follows makes: one file read, then memory.
+  if (size <= SMALL_CONTENT_MAX) return deps.store.readSmallContent(digest, { signal });
   const stream = await deps.store.readContent(digest, undefined, { signal });
   return Buffer.concat((await stream.toArray()) as Buffer[]);
 }
@@ -165,7 +165,7 @@ export function gateBlob(deps: RegistryDeps, p: RouteParams, digest: string): vo
   }
   engine.count('denied', 'unreached');
   throw new DeniedError(
-    `signature policy: blob ${digest} of ${p.name} is served only as part of an image the policy allows (${engine.ruleFor(name).scope === 'default' ? 'the default rule' : `rule transports.docker[${JSON.stringify(engine.ruleFor(name).scope)}]`}); pull the image by its tag or digest first`,
+    `signature policy: blob ${digest} of ${p.name} is served only as part of an image the policy allows (${describeRule(engine.ruleFor(name))}); pull the image by its tag or digest first`,
     { reason: 'unreached', digest },
   );
 }

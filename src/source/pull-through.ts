@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { AbortedError, CHUNK_SIZE, NotFoundError, UnavailableError, isShoalError, parseManifest, effectiveArtifactType } from '../oci/index.ts';
+import { AbortedError, CHUNK_SIZE, NotFoundError, UnavailableError, isShoalError, parseManifest, effectiveArtifactType, parseStoreRepositoryName, storeRepositoryName } from '../oci/index.ts';
 import type { ByteRange, ContentStore, IoOptions, ManifestRecord, TagRecord, VerifyOutcome } from '../store/index.ts';
 import { BlobFetch } from './blob-fetch.ts';
 import type { PullMetrics } from './metrics.ts';
@@ -377,17 +377,14 @@ export class PullThrough {
    */
   targetFor(registry: string, repository: string): RepositoryTarget {
     const namespace = registry.toLowerCase();
-    if (this.opts.seeds.seedsFor(namespace)) return { repository: `${namespace.replace(':', '-')}/${repository}`, upstream: repository, namespace };
+    if (this.opts.seeds.seedsFor(namespace)) return { repository: storeRepositoryName(namespace, repository), upstream: repository, namespace };
     return { repository, upstream: repository };
   }
 
   /** The request target of a stored repository: `docker.io/library/nginx` is `library/nginx` of `docker.io`. */
   private targetOf(repository: string): RepositoryTarget {
-    const [first, ...rest] = repository.split('/');
-    if (first && rest.length > 0 && (first.includes('.') || first.startsWith('localhost'))) {
-      const namespace = first.replace(/-(\d+)$/, ':$1');
-      if (this.opts.seeds.seedsFor(namespace)) return { repository, upstream: rest.join('/'), namespace };
-    }
+    const stored = parseStoreRepositoryName(repository);
+    if (stored && this.opts.seeds.seedsFor(stored.registry)) return { repository, upstream: stored.repository, namespace: stored.registry };
     return { repository, upstream: repository };
   }
 

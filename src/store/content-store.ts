@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
 import { AbortedError, ChunkHasher, KeyedMutex, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, UnsupportedError, diskFullCode, type ChunkMap } from '../oci/index.ts';
 import { DiskBlobBytes, MemoryBlobBytes, type BlobBytes } from './bytes.ts';
 import { keyParts, keys, lastPart } from './keys.ts';
@@ -80,6 +81,9 @@ export class KvContentStore implements ContentStore {
   /** Small blobs' bytes by digest, least recently read first (readSmallContent). */
   private readonly small = new Map<string, Buffer>();
   private smallBytes = 0;
+  /** Removals begun so far, and under way: a small read that overlapped one keeps nothing in memory. */
+  private removals = 0;
+  private removing = 0;
   /** Digests that manifest puts in progress refer to (from their check until their records are written). */
   private readonly referenced = new Map<string, number>();
   private readonly guards = new Set<Guard>();
@@ -312,25 +316,30 @@ export class KvContentStore implements ContentStore {
 
   /** Removes the bytes of `digest` and every record naming them: records first (synced), then the file. */
   private async removeLocked(digest: string, reason: RemovalReason, extra: KvOp[] = []): Promise<void> {
-    const rec = await this.kv.get<BlobRecord>(keys.blob(digest));
-    const ops: KvOp[] = [...extra, { type: 'del', key: keys.blob(digest) }, { type: 'del', key: keys.atime(digest) }, { type: 'del', key: keys.chunks(digest) }];
-    for await (const [key] of this.kv.entries(keys.holderPrefix(digest))) {
-      const repository = lastPart(key);
-      ops.push({ type: 'del', key }, { type: 'del', key: keys.link(repository, digest) });
-      const manifest = await this.kv.get<ManifestRecord>(keys.manifest(repository, digest));
-      if (manifest) ops.push(...(await this.manifestRemovalOps(repository, manifest)));
-    }
-    await this.kv.batch(ops);
-    crashPoint(`${reason}:records`);
-    this.forgetSmall(digest);
-    await this.bytes.remove(digest);
-    crashPoint(`${reason}:unlinked`);
-    this.atimes.delete(digest);
-    this.forgetSmall(digest);
-    if (rec) {
-      this.totals.blobs--;
-      this.totals.bytes -= rec.size;
-      this.emit({ type: 'removed', digest, size: rec.size, reason });
+    this.removals++;
+    this.removing++;
+    try {
+      const rec = await this.kv.get<BlobRecord>(keys.blob(digest));
+      const ops: KvOp[] = [...extra, { type: 'del', key: keys.blob(digest) }, { type: 'del', key: keys.atime(digest) }, { type: 'del', key: keys.chunks(digest) }];
+      for await (const [key] of this.kv.entries(keys.holderPrefix(digest))) {
+        const repository = lastPart(key);
+        ops.push({ type: 'del', key }, { type: 'del', key: keys.link(repository, digest) });
+        const manifest = await this.kv.get<ManifestRecord>(keys.manifest(repository, digest));
+        if (manifest) ops.push(...(await this.manifestRemovalOps(repository, manifest)));
+      }
+      await this.kv.batch(ops);
+      crashPoint(`${reason}:records`);
+      await this.bytes.remove(digest);
+      crashPoint(`${reason}:unlinked`);
+      this.atimes.delete(digest);
+      this.forgetSmall(digest);
+      if (rec) {
+        this.totals.blobs--;
+        this.totals.bytes -= rec.size;
+        this.emit({ type: 'removed', digest, size: rec.size, reason });
+      }
+    } finally {
+      this.removing--;
     }
   }
 
@@ -439,9 +448,10 @@ export class KvContentStore implements ContentStore {
       await this.noteRead(digest);
       return held;
     }
-    const stream = await this.readContent(digest, undefined, opts);
-    const bytes = Buffer.concat((await stream.toArray()) as Buffer[]);
-    if (bytes.length <= SMALL_CONTENT_MAX && this.stored(digest)) {
+    const quiet = this.removing === 0;
+    const epoch = this.removals;
+    const bytes = await buffer(await this.readContent(digest, undefined, opts));
+    if (bytes.length <= SMALL_CONTENT_MAX && quiet && this.removals === epoch) {
       this.small.set(digest, bytes);
       this.smallBytes += bytes.length;
       for (const [d, b] of this.small) {
@@ -451,11 +461,6 @@ export class KvContentStore implements ContentStore {
       }
     }
     return bytes;
-  }
-
-  /** Whether the bytes of `digest` are still in the store as far as this process knows (none removed since). */
-  private stored(digest: string): boolean {
-    return this.atimes.has(digest);
   }
 
   private forgetSmall(digest: string): void {

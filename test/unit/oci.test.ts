@@ -2,6 +2,8 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import {
+  parseStoreRepositoryName,
+  storeRepositoryName,
   AbortedError,
   ACCEPTED_MANIFEST_TYPES,
   baseMediaType,
@@ -642,6 +644,18 @@ describe('parseReference', () => {
 
 // ---- errors ---------------------------------------------------------------------------------------
 
+describe('storeRepositoryName and parseStoreRepositoryName', () => {
+  it('name a registry\'s repository in the store and read it back, port included', () => {
+    assert.equal(storeRepositoryName('Registry.Local:5000', 'team/app'), 'registry.local-5000/team/app');
+    assert.deepEqual(parseStoreRepositoryName('registry.local-5000/team/app'), { registry: 'registry.local:5000', repository: 'team/app' });
+    assert.deepEqual(parseStoreRepositoryName('docker.io/library/nginx'), { registry: 'docker.io', repository: 'library/nginx' });
+    assert.deepEqual(parseStoreRepositoryName('localhost-5000/x'), { registry: 'localhost:5000', repository: 'x' });
+  });
+  it('a repository pushed as it is names no registry', () => {
+    for (const name of ['team/app', 'app', 'my-team/app', '.hidden']) assert.equal(parseStoreRepositoryName(name), undefined, name);
+  });
+});
+
 describe('errors and OCI_STATUS', () => {
   it('maps codes to the statuses of the distribution spec', () => {
     assert.equal(OCI_STATUS.RANGE_INVALID, 416);
@@ -740,6 +754,13 @@ describe('ChunkHasher with hashes known on arrival', () => {
     known.update(tail, hex(tail));
     assert.deepEqual(known.map(), plain.map());
     assert.equal(known.map().chunks.length, 3);
+    // The known hash is what goes into the map (the bytes of a whole aligned chunk are not hashed again): a hash
+    // that is not the bytes' shows through.
+    const taken = new ChunkHasher();
+    taken.update(first, 'f'.repeat(64));
+    taken.update(second);
+    assert.equal(taken.map().chunks[0], 'f'.repeat(64));
+    assert.equal(taken.map().chunks[1], hex(second));
   });
 
   it('hashes the bytes itself when they are not a whole chunk on a chunk boundary', async () => {
