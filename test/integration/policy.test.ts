@@ -102,13 +102,13 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** A node whose registries `registry.local` and `docker.io` both pull through the one seed. */
+/** A node whose registries `registry.local`, `docker.io` and `other.local` (no scope names it) all pull through the one seed. */
 async function policyNode(policy: unknown): Promise<{ node: TestNode; file: string }> {
   const file = join(dir, `policy-${Math.random().toString(36).slice(2)}.json`);
   await writeFile(file, JSON.stringify(policy));
   const node = await startTestNode({
     config: {
-      registries: { 'registry.local': [{ url: seed.url }], 'docker.io': [{ url: seed.url }] },
+      registries: { 'registry.local': [{ url: seed.url }], 'docker.io': [{ url: seed.url }], 'other.local': [{ url: seed.url }] },
       policyFile: file,
       tagTimeoutMs: 2_000,
     },
@@ -199,7 +199,9 @@ describe('signature policy, enforce mode, pull-through', () => {
     const child = await get(`${node.url}/v2/apps/unsigned/manifests/${unsigned.digest}?ns=registry.local`);
     assert.equal(child.status, 403, child.body);
     assert.equal(errorOf(child.body).detail?.reason, 'no-signature');
-    assert.equal((await get(`${node.url}/v2/apps/unsigned/blobs/${unsigned.layers[0]!.digest}?ns=registry.local`)).status, 403);
+    const blob = await get(`${node.url}/v2/apps/unsigned/blobs/${unsigned.layers[0]!.digest}?ns=registry.local`);
+    assert.equal(blob.status, 403);
+    assert.equal(errorOf(blob.body).detail?.reason, 'unreached');
   });
 
   it('per scope: docker.io is rejected, registry.local/tools allows anything, the default rejects', async () => {
@@ -212,6 +214,10 @@ describe('signature policy, enforce mode, pull-through', () => {
     // The same seed's image under a registry no scope names: the default rule.
     const other = await get(`${node.url}/v2/apps/signed/manifests/v1?ns=127.0.0.1:${new URL(seed.url).port}`);
     assert.equal(other.status, 404, 'no seeds for that registry: not found, before any policy');
+    // A registry with a seed that no scope names: the default rule, which rejects.
+    const unnamed = await get(`${node.url}/v2/apps/signed/manifests/v1?ns=other.local`);
+    assert.equal(unnamed.status, 403, unnamed.body);
+    assert.match(errorOf(unnamed.body).message, /the default rule: it rejects every image/);
   });
 
   it('counts decisions, writes refusals to the audit log, and explains a verdict at /shoal/policy/verify', async () => {
