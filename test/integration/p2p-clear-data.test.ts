@@ -118,31 +118,23 @@ describe('peer connections with --p2p-clear-data', () => {
     assert.ok(relay.seen().includes(probe), 'a piece of the blob is readable on the wire');
   });
 
-  it('only the holder enabled: Noise as usual, the blob arrives, and its bytes are not on the wire', { timeout: 90_000 }, async () => {
-    const { keyFile, blob, digest, p2pPort } = await setup(['--p2p-clear-data']);
+  /** One end offers clear data and the other does not take it: Noise as usual, and the blob is not readable on the wire. */
+  async function noiseAsUsual(holderArgs: string[], pullerArgs: string[]): Promise<void> {
+    const { keyFile, blob, digest, p2pPort } = await setup(holderArgs);
     const relay = await recordingRelay(p2pPort);
     relays.push(relay);
-    const b = await puller(keyFile, relay.port, []);
+    const b = await puller(keyFile, relay.port, pullerArgs);
     await waitForHolder(b);
     const got = await getBlob(b, 'clear/app', digest);
     assert.equal(got.status, 200);
     assert.equal(sha256(got.bytes), digest);
     assert.ok(relay.seen().length > blob.length, 'the blob crossed the relay');
     assert.equal(relay.seen().includes(blob.subarray(3 * MiB, 3 * MiB + 64)), false, 'no piece of the blob is readable on the wire');
-  });
+  }
 
-  it('only the dialing puller enabled: it offers clear data, the holder does not take it, Noise as usual', { timeout: 90_000 }, async () => {
-    const { keyFile, blob, digest, p2pPort } = await setup([]);
-    const relay = await recordingRelay(p2pPort);
-    relays.push(relay);
-    const b = await puller(keyFile, relay.port, ['--p2p-clear-data']);
-    await waitForHolder(b);
-    const got = await getBlob(b, 'clear/app', digest);
-    assert.equal(got.status, 200);
-    assert.equal(sha256(got.bytes), digest);
-    assert.ok(relay.seen().length > blob.length, 'the blob crossed the relay');
-    assert.equal(relay.seen().includes(blob.subarray(3 * MiB, 3 * MiB + 64)), false, 'no piece of the blob is readable on the wire');
-  });
+  it('only the holder enabled: Noise as usual, the blob arrives, and its bytes are not on the wire', { timeout: 90_000 }, () => noiseAsUsual(['--p2p-clear-data'], []));
+
+  it('only the dialing puller enabled: it offers clear data, the holder does not take it, Noise as usual', { timeout: 90_000 }, () => noiseAsUsual([], ['--p2p-clear-data']));
 
   it('another cluster key: no connection and no bytes, even with clear data on both ends', { timeout: 90_000 }, async () => {
     const { digest, p2pPort } = await setup(['--p2p-clear-data']);
