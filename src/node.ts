@@ -27,7 +27,7 @@ import type { SeedDirectory, SeedSet } from './source/types.ts';
 import { SeedClient } from './upstream/index.ts';
 import type { SeedConfig } from './config/index.ts';
 import { parseDuration } from './config/index.ts';
-import { listImages } from './life/images.ts';
+import { countImages, listImages } from './life/images.ts';
 import { PullTraffic } from './source/traffic.ts';
 import { WarmList } from './source/warm.ts';
 import { NodeControl } from './node-control.ts';
@@ -212,7 +212,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
   // Bytes by source over the last hour and the recent pulls, for the node's page (GET /shoal/traffic).
   const traffic = new PullTraffic({ metrics: pullMetrics });
   traffic.start();
-  const imageCount = async (o: { signal?: AbortSignal }): Promise<number> => (await listImages(store, o)).length;
+  const imageCount = (o: { signal?: AbortSignal }): Promise<number> => countImages(store, o);
   const control = new NodeControl({
     pull,
     store,

@@ -39,15 +39,20 @@ function platformText(p: { os?: unknown; architecture?: unknown; variant?: unkno
   return [p.os, p.architecture, typeof p.variant === 'string' ? p.variant : undefined].filter(Boolean).join('/');
 }
 
-/** The store's images, sorted by repository then tag. */
-export async function listImages(store: ContentStore, opts: ListImagesOptions = {}): Promise<ImageSummary[]> {
+interface ImageRow {
+  entry: ManifestEntry;
+  tags: string[];
+  pin?: { reason: string };
+}
+
+/** The images a store holds (its tagged or pinned manifests) by `repository@digest`, without reading a manifest. */
+async function imageRows(store: ContentStore, opts: ListImagesOptions): Promise<Map<string, ImageRow>> {
   const prefix = opts.prefix ?? '';
-  const [manifests, tags, pins, entries] = await Promise.all([store.listManifests(opts), store.listAllTags(opts), store.listPins(opts), store.listEntries(opts)]);
-  const content = new Map(entries.map((e) => [e.digest, e]));
+  const [manifests, tags, pins] = await Promise.all([store.listManifests(opts), store.listAllTags(opts), store.listPins(opts)]);
   const byKey = new Map<string, ManifestEntry>();
   for (const m of manifests) if (m.repository.startsWith(prefix)) byKey.set(`${m.repository}@${m.digest}`, m);
-  const rows = new Map<string, { entry: ManifestEntry; tags: string[]; pin?: { reason: string } }>();
-  const row = (repository: string, digest: string): { entry: ManifestEntry; tags: string[]; pin?: { reason: string } } | undefined => {
+  const rows = new Map<string, ImageRow>();
+  const row = (repository: string, digest: string): ImageRow | undefined => {
     const key = `${repository}@${digest}`;
     let r = rows.get(key);
     if (!r) {
@@ -63,6 +68,18 @@ export async function listImages(store: ContentStore, opts: ListImagesOptions = 
     const r = row(p.repository, p.digest);
     if (r) r.pin = { reason: p.reason };
   }
+  return rows;
+}
+
+/** How many images the store holds (what listImages would list), reading no manifest. */
+export async function countImages(store: ContentStore, opts: ListImagesOptions = {}): Promise<number> {
+  return (await imageRows(store, opts)).size;
+}
+
+/** The store's images, sorted by repository then tag. */
+export async function listImages(store: ContentStore, opts: ListImagesOptions = {}): Promise<ImageSummary[]> {
+  const [rows, entries] = await Promise.all([imageRows(store, opts), store.listEntries(opts)]);
+  const content = new Map(entries.map((e) => [e.digest, e]));
   const parsed = async (digest: string, mediaType: string): Promise<ParsedManifest | undefined> => {
     try {
       const stream = await store.readContent(digest, undefined, { signal: opts.signal, touch: false });
@@ -77,11 +94,13 @@ export async function listImages(store: ContentStore, opts: ListImagesOptions = 
     if (opts.signal?.aborted) throw opts.signal.reason;
     const blobs = new Map<string, number>([[entry.digest, entry.size]]);
     const platforms: string[] = [];
-    let missing = 0;
+    const missing = new Set<string>();
     const addImage = async (m: ParsedManifest): Promise<void> => {
       for (const b of m.blobs) {
+        // Foreign layers (with urls) live elsewhere by design: never missing here.
+        if (b.urls && b.urls.length > 0) continue;
         if (content.has(b.digest)) blobs.set(b.digest, b.size);
-        else missing++;
+        else missing.add(b.digest);
       }
     };
     const root = await parsed(entry.digest, entry.mediaType);
@@ -90,7 +109,7 @@ export async function listImages(store: ContentStore, opts: ListImagesOptions = 
         const shown = child.platform ? platformText(child.platform) : undefined;
         if (shown && !platforms.includes(shown)) platforms.push(shown);
         if (!content.has(child.digest)) {
-          missing++;
+          missing.add(child.digest);
           continue;
         }
         blobs.set(child.digest, child.size);
@@ -118,7 +137,7 @@ export async function listImages(store: ContentStore, opts: ListImagesOptions = 
       mediaType: entry.mediaType,
       size: [...blobs.values()].reduce((n, s) => n + s, 0),
       platforms,
-      missingBlobs: missing,
+      missingBlobs: missing.size,
       pinned: pin !== undefined,
       ...(pin ? { pinReason: pin.reason } : {}),
       ...(lastPulled > 0 ? { lastPulled } : {}),

@@ -38,7 +38,7 @@ async function handleViews(ctx: Context, deps: RegistryDeps): Promise<boolean> {
   if (ctx.path === '/shoal/images') {
     allow(ctx, 'GET');
     if (!admin?.images) throw new UnsupportedError('this node does not list images');
-    const prefix = typeof ctx.query.prefix === 'string' ? ctx.query.prefix : undefined;
+    const prefix = queryOne(ctx, 'prefix');
     const images = (await admin.images({ prefix, signal })) as Array<{ repository: string }>;
     ctx.body = { images: images.map((i) => ({ ...i, canPin: mayAdmin ? mayAdmin(i.repository) : true })) };
     return true;
@@ -123,7 +123,7 @@ export async function handleAdmin(ctx: Context, deps: RegistryDeps): Promise<voi
   const { signal } = ctx.state as RegistryState;
   if (await handleViews(ctx, deps)) return;
   if (ctx.path === '/shoal/content') {
-    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') throw new UnsupportedError(`${ctx.method} is not supported on /shoal/content; allowed: GET`);
+    allow(ctx, 'GET');
     const [manifests, blobs] = await Promise.all([deps.store.listManifests({ signal }), deps.store.listContent({ signal })]);
     ctx.body = {
       manifests: manifests.map((m) => ({ repository: m.repository, digest: m.digest, mediaType: m.mediaType })),
@@ -132,17 +132,17 @@ export async function handleAdmin(ctx: Context, deps: RegistryDeps): Promise<voi
     return;
   }
   if (ctx.path === '/shoal/audit') {
-    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') throw new UnsupportedError(`${ctx.method} is not supported on /shoal/audit; allowed: GET`);
+    allow(ctx, 'GET');
     ctx.body = await auditEntries(ctx, deps);
     return;
   }
   if (!deps.admin) throw new UnsupportedError('this node has no admin operations');
   if (ctx.path === '/shoal/status') {
-    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') throw new UnsupportedError(`${ctx.method} is not supported on /shoal/status; allowed: GET`);
+    allow(ctx, 'GET');
     ctx.body = await deps.admin.status({ signal });
     return;
   }
-  if (ctx.method !== 'POST') throw new UnsupportedError(`${ctx.method} is not supported on /shoal/gc; allowed: POST`);
+  allow(ctx, 'POST');
   const raw = ctx.query.dryRun ?? ctx.query['dry-run'];
   if (raw !== undefined && raw !== 'true' && raw !== 'false' && raw !== '1' && raw !== '0' && raw !== '') {
     throw new InvalidError('PARAMETER_INVALID', `dryRun=${JSON.stringify(String(raw).slice(0, 20))} is not true or false`);

@@ -5,7 +5,7 @@
  */
 import type { Logger } from 'pino';
 import type { ContentStore } from '../store/index.ts';
-import { prefetchImages, type PrefetchOutcome } from './prefetch.ts';
+import { prefetchImages } from './prefetch.ts';
 import type { PullThrough } from './pull-through.ts';
 
 export interface WarmListOptions {
@@ -25,8 +25,6 @@ export class WarmList {
   private timer?: NodeJS.Timeout;
   private running?: Promise<void>;
   private readonly controller = new AbortController();
-  /** The last round's outcome per image, for status. */
-  last?: { at: number; outcomes: PrefetchOutcome[] };
 
   constructor(opts: WarmListOptions) {
     this.opts = opts;
@@ -56,7 +54,6 @@ export class WarmList {
     const { images, pin, pull, store, logger } = this.opts;
     try {
       const outcomes = await prefetchImages(pull, store, images, { pin, pinReason: 'warmImages', signal: this.controller.signal });
-      this.last = { at: Date.now(), outcomes };
       const failed = outcomes.filter((o) => !o.ok);
       const fetched = outcomes.reduce((n, o) => n + (o.fetchedBytes ?? 0), 0);
       logger[failed.length ? 'warn' : 'info'](
