@@ -5,6 +5,9 @@
  *   npm run bench -- p2p            # 256 MiB blob, 3 rounds (BENCH_MIB, BENCH_ROUNDS)
  *   BENCH_PROFILE=/tmp/prof npm run bench -- p2p   # a V8 CPU profile of every node into that directory
  *
+ * "From one peer" uses the default settings, so the bytes take the data channel; the peer connection alone
+ * (`--p2p-data-port off`) and with `--p2p-clear-data` are measured beside it.
+ *
  * Besides MB/s it reports the receiving node's CPU milliseconds per MiB (from /proc), which other work on the
  * machine disturbs far less, and 1000 ÷ that: the MB/s the receiver could reach on one free core.
  */
@@ -15,6 +18,7 @@ import { join } from 'node:path';
 import { freePort } from '../test/helpers/seed-registry.ts';
 import { ShoalProcesses, type ShoalProcess } from '../test/helpers/spawn-node.ts';
 import { writeClusterKey } from '../src/p2p/keys.ts';
+import { scrape } from '../test/helpers/metrics.ts';
 import { Cleanups, cpuPerMiB, load, profileEnv, median, MIB, pull, push, quick, r, report, sha256, timed } from './lib.ts';
 
 /** Plain TCP over loopback: the ceiling for any protocol on this machine. */
@@ -71,6 +75,9 @@ export async function p2pBench(): Promise<void> {
     procs.serve({ dataDir: await procs.tempDir('shoal-bench-p2p-'), logLevel: 'info', args: [...args, ...extra], env });
   const peerS: number[] = [];
   const peerCpu: number[] = [];
+  const channelChunks: number[] = [];
+  const streamS: number[] = [];
+  const streamCpu: number[] = [];
   const clearS: number[] = [];
   const clearCpu: number[] = [];
   const multiS: number[] = [];
@@ -83,6 +90,7 @@ export async function p2pBench(): Promise<void> {
     const portA = await freePort();
     const portA2 = await freePort();
     const portC = await freePort();
+    const portS = await freePort();
     const a = await node(['--p2p-listen', `127.0.0.1:${portA}`, '--cluster-key', keyFile]);
     const a2 = await node(['--p2p-listen', `127.0.0.1:${portA2}`, '--cluster-key', keyFile]);
     await push(a.url, 'bench/p2p', blob, digest);
@@ -93,12 +101,24 @@ export async function p2pBench(): Promise<void> {
       const one = await cpuPerMiB(b.child.pid!, () => pull(b.url, 'bench/p2p', digest, true));
       peerS.push(one.mbps);
       peerCpu.push(one.cpuMsPerMiB);
+      channelChunks.push((await scrape(b.url)).get('shoal_peer_data_channel_transfers_total', { direction: 'in' }));
       await b.terminate();
+      // The bytes on the peer connection (Noise, Yamux), the data channel off on both ends; BENCH_P2P_STREAM=0: not.
+      if (process.env.BENCH_P2P_STREAM !== '0') {
+        const sa = await node(['--p2p-listen', `127.0.0.1:${portS}`, '--cluster-key', keyFile, '--p2p-data-port', 'off']);
+        await push(sa.url, 'bench/p2p', blob, digest);
+        const sb = await node(['--p2p-listen', `127.0.0.1:${await freePort()}`, '--cluster-key', keyFile, '--peer', `127.0.0.1:${portS}`, '--p2p-data-port', 'off']);
+        await waitForInventory(sb, 1);
+        const viaStream = await cpuPerMiB(sb.child.pid!, () => pull(sb.url, 'bench/p2p', digest, true));
+        streamS.push(viaStream.mbps);
+        streamCpu.push(viaStream.cpuMsPerMiB);
+        await Promise.all([sb.terminate(), sa.terminate()]);
+      }
       // The same with --p2p-clear-data on both ends (Noise handshake, unencrypted bytes); BENCH_P2P_CLEAR=0: not.
       if (process.env.BENCH_P2P_CLEAR !== '0') {
-        const ca = await node(['--p2p-listen', `127.0.0.1:${portC}`, '--cluster-key', keyFile, '--p2p-clear-data']);
+        const ca = await node(['--p2p-listen', `127.0.0.1:${portC}`, '--cluster-key', keyFile, '--p2p-clear-data', '--p2p-data-port', 'off']);
         await push(ca.url, 'bench/p2p', blob, digest);
-        const cb = await node(['--p2p-listen', `127.0.0.1:${await freePort()}`, '--cluster-key', keyFile, '--peer', `127.0.0.1:${portC}`, '--p2p-clear-data']);
+        const cb = await node(['--p2p-listen', `127.0.0.1:${await freePort()}`, '--cluster-key', keyFile, '--peer', `127.0.0.1:${portC}`, '--p2p-clear-data', '--p2p-data-port', 'off']);
         await waitForInventory(cb, 1);
         const clear = await cpuPerMiB(cb.child.pid!, () => pull(cb.url, 'bench/p2p', digest, true));
         clearS.push(clear.mbps);
@@ -130,10 +150,13 @@ export async function p2pBench(): Promise<void> {
     multi_peer_mbps: r(median(multiS), 1),
     receiver_cpu_ms_per_mib: r(median(peerCpu)),
     receiver_cpu_bound_mbps: r(1000 / median(peerCpu), 0),
+    data_channel_chunks: median(channelChunks),
+    peer_connection_mbps: r(median(streamS), 1),
+    peer_connection_receiver_cpu_ms_per_mib: r(median(streamCpu)),
     clear_data_peer_mbps: r(median(clearS), 1),
     clear_data_receiver_cpu_ms_per_mib: r(median(clearCpu)),
     clear_data_receiver_cpu_bound_mbps: r(1000 / median(clearCpu), 0),
-    runs: { peer: peerS.map((x) => r(x, 1)), clear: clearS.map((x) => r(x, 1)), multi: multiS.map((x) => r(x, 1)), http: httpA.map((x) => r(x, 1)), tcp: tcp.map((x) => r(x, 1)) },
+    runs: { peer: peerS.map((x) => r(x, 1)), peer_connection: streamS.map((x) => r(x, 1)), clear: clearS.map((x) => r(x, 1)), multi: multiS.map((x) => r(x, 1)), http: httpA.map((x) => r(x, 1)), tcp: tcp.map((x) => r(x, 1)) },
   };
   await report(
     'p2p',
@@ -146,7 +169,8 @@ export async function p2pBench(): Promise<void> {
         { label: 'HTTP GET from the holder', value: figures.http_mbps },
         { label: 'from one peer', value: figures.peer_mbps, mark: 300 },
         { label: 'from two peers at once', value: figures.multi_peer_mbps },
-        { label: 'from one peer, --p2p-clear-data', value: figures.clear_data_peer_mbps },
+        { label: 'from one peer, on the peer connection (data channel off)', value: figures.peer_connection_mbps },
+        { label: 'the same, --p2p-clear-data', value: figures.clear_data_peer_mbps },
         { label: 'receiver CPU-bound ceiling (1 core)', value: figures.receiver_cpu_bound_mbps, mark: 300 },
         { label: 'the same, --p2p-clear-data', value: figures.clear_data_receiver_cpu_bound_mbps, mark: 300 },
       ],

@@ -14,6 +14,7 @@ export interface ServeFlags {
   peersDns?: string;
   mdns?: boolean;
   p2pClearData?: boolean;
+  p2pDataPort?: string;
   zone?: string;
   maxPeerUpload?: string;
   maxSeedRate?: string;
@@ -51,6 +52,7 @@ export async function serveCommand(flags: ServeFlags): Promise<void> {
       peersDns: flags.peersDns,
       mdns: flags.mdns,
       p2pClearData: flags.p2pClearData,
+      p2pDataPort: flags.p2pDataPort,
       zone: flags.zone,
       maxPeerUpload: flags.maxPeerUpload,
       maxSeedRate: flags.maxSeedRate,

@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { Registry } from 'prom-client';
 import './polyfill.ts';
 import { isShoalError } from './oci/index.ts';
-import { accessSettings, lifecycleSettings, parseListen, type ShoalConfig } from './config/index.ts';
+import { accessSettings, dataPortOf, lifecycleSettings, parseListen, type ShoalConfig } from './config/index.ts';
 import { AccessControl, TlsFiles, gcAuditDetail, isLoopbackHost, protectImmutableTags } from './access/index.ts';
 import { StoreLifecycle } from './life/service.ts';
 import { TokenBucket } from './limits/token-bucket.ts';
@@ -155,6 +155,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       peersDns: config.peersDns || undefined,
       mdns: config.mdns,
       clearData: config.p2pClearData,
+      dataPort: dataPortOf(config),
       zone: config.zone || undefined,
       maxUploadRate: parseRate(config.maxPeerUpload),
       maxChunkStreams: config.maxChunkStreams,

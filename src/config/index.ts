@@ -61,6 +61,11 @@ export interface ShoalConfig {
    * when both ends enable it: faster, for a LAN whose traffic between nodes needs no confidentiality (README).
    */
   p2pClearData: boolean;
+  /**
+   * Port of the data channel, which carries chunk bytes between nodes beside the peer connection (README, Peers):
+   * empty: the p2p port + 1 (any free port when the p2p port is 0); `off`: chunk bytes stay on the peer connection.
+   */
+  p2pDataPort: string;
   /** Topology label (e.g. the node's zone); peers with the same label are preferred. */
   zone: string;
   /** Cap on bytes per second served to peers, e.g. 50M or 400Mbit; 0: none. */
@@ -146,6 +151,7 @@ export function defaultConfig(): ShoalConfig {
     peersDns: '',
     mdns: false,
     p2pClearData: false,
+    p2pDataPort: '',
     zone: '',
     maxPeerUpload: '0',
     maxSeedRate: '0',
@@ -218,6 +224,7 @@ const KEYS: Record<keyof ShoalConfig, 'string' | 'optional' | 'list' | 'number' 
   peersDns: 'optional',
   mdns: 'boolean',
   p2pClearData: 'boolean',
+  p2pDataPort: 'optional',
   zone: 'optional',
   maxPeerUpload: 'optional',
   maxSeedRate: 'optional',
@@ -425,6 +432,18 @@ function apply(target: ShoalConfig, source: Record<string, unknown>, origin: str
   }
 }
 
+/** The data channel's port (0: any free port), or undefined when it is off; config.p2pListen must be set. */
+export function dataPortOf(config: Pick<ShoalConfig, 'p2pListen' | 'p2pDataPort'>): number | undefined {
+  const value = config.p2pDataPort.trim();
+  if (value === 'off') return undefined;
+  const p2pPort = parseListen(config.p2pListen, 'p2pListen').port;
+  if (value === '') return p2pPort === 0 ? 0 : p2pPort + 1 <= 65535 ? p2pPort + 1 : 0;
+  if (!/^\d+$/.test(value) || Number(value) > 65535) throw new ConfigError(`p2pDataPort: ${JSON.stringify(config.p2pDataPort)} is not a port number, empty (the p2p port + 1) or off`);
+  const port = Number(value);
+  if (port !== 0 && port === p2pPort) throw new ConfigError(`p2pDataPort: ${port} is the p2p port; the data channel needs a port of its own`);
+  return port;
+}
+
 export function validateConfig(config: ShoalConfig): ShoalConfig {
   parseListen(config.listen);
   if (config.metricsListen) parseListen(config.metricsListen, 'metricsListen');
@@ -433,6 +452,7 @@ export function validateConfig(config: ShoalConfig): ShoalConfig {
   }
   if (config.p2pListen) {
     parseListen(config.p2pListen, 'p2pListen');
+    dataPortOf(config);
     if (!config.clusterKeyFile) throw new ConfigError('p2pListen needs clusterKeyFile (--cluster-key FILE): the private-network key every node of the cluster shares; create one with: shoal cluster-key --out FILE');
   }
   for (const peer of config.peers) parseListen(peer, 'peers');

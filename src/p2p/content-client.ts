@@ -1,4 +1,5 @@
-import type { Libp2p, Stream } from '@libp2p/interface';
+import type { Socket } from 'node:net';
+import type { Connection, Libp2p, Stream } from '@libp2p/interface';
 import type { Logger } from 'pino';
 import { AbortedError, NotFoundError, UnavailableError, type ChunkMap } from '../oci/index.ts';
 import type { IoOptions } from '../store/index.ts';
@@ -6,6 +7,7 @@ import type { PeerMetrics } from './metrics.ts';
 import type { PeerTable } from './peer-table.ts';
 import { PROTOCOLS, type ChunkRequest, type PeerTagRecord, type ReportOutcome } from './types.ts';
 import { parseChunkHeader, parseChunkMapAnswer, parseManifestHeader, parseReportAnswer, parseTagAnswer } from './validate.ts';
+import { hostOf, openChannel, receiveSealed, type ChannelOffer } from './data-channel.ts';
 import { DATA_FRAME, framed, MAX_FRAME, ProtocolViolation, readFrame, readJson, violationOf, writeJson, type Framed } from './wire.ts';
 
 /** Opening a stream on a live connection takes one round trip; a peer that cannot do it in this long has gone. */
@@ -14,6 +16,8 @@ const STREAM_OPEN_MS = 3_000;
 const REQUEST_MS = 10_000;
 /** A holder re-hashes the whole blob before it answers a report. */
 const REPORT_MS = 60_000;
+/** A peer whose data port could not be reached is not offered the data channel again for this long. */
+const CHANNEL_RETRY_MS = 5 * 60_000;
 
 export interface ContentClientOptions {
   node: () => Libp2p | undefined;
@@ -25,6 +29,8 @@ export interface ContentClientOptions {
   onViolation(peer: string, violation: ProtocolViolation): void;
   /** A peer has no open connection: reconnect in the background (never on a pull's path). */
   redial(peer: string): void;
+  /** Ask holders for chunk bytes on their data channel (data-channel.ts). */
+  dataChannel?: boolean;
 }
 
 /**
@@ -34,12 +40,18 @@ export interface ContentClientOptions {
  */
 export class ContentClient {
   private readonly opts: ContentClientOptions;
+  /** Peers whose data port could not be reached, until when they are not offered it. */
+  private readonly channelDown = new Map<string, number>();
 
   constructor(opts: ContentClientOptions) {
     this.opts = opts;
   }
 
   private async open(peer: string, protocol: string, signal?: AbortSignal): Promise<Stream> {
+    return (await this.openOn(peer, protocol, signal)).stream;
+  }
+
+  private async openOn(peer: string, protocol: string, signal?: AbortSignal): Promise<{ stream: Stream; conn: Connection }> {
     const node = this.opts.node();
     const state = this.opts.table.get(peer);
     // A banned peer is asked nothing; a report of the bad bytes that got it banned still goes out.
@@ -51,7 +63,7 @@ export class ContentClient {
     }
     const openSignal = signal ? AbortSignal.any([signal, AbortSignal.timeout(STREAM_OPEN_MS)]) : AbortSignal.timeout(STREAM_OPEN_MS);
     try {
-      return await conn.newStream(protocol, { signal: openSignal });
+      return { stream: await conn.newStream(protocol, { signal: openSignal }), conn };
     } catch (err) {
       if (signal?.aborted) throw new AbortedError();
       throw new UnavailableError(`peer ${peer} did not open ${protocol}: ${(err as Error).message}`);
@@ -70,10 +82,19 @@ export class ContentClient {
     return new UnavailableError(`${what} from peer ${peer} failed: ${(err as Error).message}`);
   }
 
+  private wantsChannel(peer: string): boolean {
+    if (!this.opts.dataChannel) return false;
+    const until = this.channelDown.get(peer);
+    if (until === undefined) return true;
+    if (until > Date.now()) return false;
+    this.channelDown.delete(peer);
+    return true;
+  }
+
   async fetchRange(peer: string, req: ChunkRequest, opts: IoOptions = {}): Promise<{ size: number; stream: AsyncIterable<Uint8Array> }> {
-    const stream = await this.open(peer, PROTOCOLS.chunk, opts.signal);
+    const { stream, conn } = await this.openOn(peer, PROTOCOLS.chunk, opts.signal);
     const state = this.opts.table.get(peer);
-    const metrics = this.opts.metrics;
+    const { metrics, logger } = this.opts;
     const lp = framed(stream, DATA_FRAME);
     const fail = (err: unknown): never => {
       metrics.chunkRequests.inc({ direction: 'out', outcome: err instanceof NotFoundError ? 'not_found' : 'error' });
@@ -81,17 +102,63 @@ export class ContentClient {
       throw this.failure(peer, 'chunk', err, opts.signal);
     };
     let size: number;
+    let offer: ChannelOffer | undefined;
     try {
-      await writeJson(lp, req, opts);
+      await writeJson(lp, this.wantsChannel(peer) ? { ...req, channel: true } : req, opts);
       const header = parseChunkHeader(await readJson(lp, opts));
       if (header.status === 'NOT_FOUND') throw new NotFoundError('BLOB_UNKNOWN', `peer ${peer} does not have ${req.digest}`);
       if (header.status !== 'OK') throw new UnavailableError(`peer ${peer} answered ${header.status}${header.status === 'ERROR' ? `: ${header.message}` : ''}`);
       size = header.size;
+      offer = header.channel;
       if (req.start >= size) throw new ProtocolViolation('invalid-message', `it offered ${size} bytes for a range from ${req.start}`);
     } catch (err) {
       return fail(err);
     }
     const want = Math.min(req.end, size - 1) - req.start + 1;
+    const counted = (n: number): void => {
+      if (state) state.bytesIn += n;
+      metrics.bytes.inc({ direction: 'in' }, n);
+    };
+    let socket: Socket | undefined;
+    if (offer) {
+      try {
+        const host = hostOf(conn.remoteAddr);
+        if (!host) throw new UnavailableError(`no IP address in ${conn.remoteAddr.toString()}`);
+        socket = await openChannel(host, offer, opts.signal ?? new AbortController().signal);
+      } catch (err) {
+        if (opts.signal?.aborted) return fail(err);
+        // Its data port is closed to this node (a firewall, another address): the bytes come on the stream.
+        this.channelDown.set(peer, Date.now() + CHANNEL_RETRY_MS);
+        metrics.channelFallbacks.inc();
+        logger.info({ peer, port: offer.port, err: (err as Error).message }, "the peer's data channel cannot be reached; its chunks come over the peer connection");
+        try {
+          await writeJson(lp, { use: 'stream' }, opts);
+        } catch (e) {
+          return fail(e);
+        }
+      }
+    }
+    const finished = async (received: number): Promise<void> => {
+      metrics.chunkRequests.inc({ direction: 'out', outcome: 'ok' });
+      if (socket) metrics.channelTransfers.inc({ direction: 'in' });
+      await stream.close().catch(() => undefined);
+      if (received < want) throw new UnavailableError(`peer ${peer} ended a chunk early`);
+    };
+    async function* sealed(channel: Socket, sealedOffer: ChannelOffer): AsyncIterable<Uint8Array> {
+      let received = 0;
+      try {
+        for await (const piece of receiveSealed(channel, sealedOffer, want, opts.signal ?? new AbortController().signal)) {
+          received += piece.length;
+          counted(piece.length);
+          yield piece;
+        }
+        await finished(received);
+      } catch (err) {
+        fail(err);
+      } finally {
+        if (received < want && stream.status === 'open') stream.abort(new Error('chunk no longer wanted'));
+      }
+    }
     async function* frames(): AsyncIterable<Uint8Array> {
       let received = 0;
       try {
@@ -100,12 +167,10 @@ export class ContentClient {
           if (frame.length === 0) throw new UnavailableError(`peer ${peer} ended a chunk early`);
           received += frame.length;
           if (received > want) throw new ProtocolViolation('invalid-message', `it sent more bytes than asked (${received} of ${want})`);
-          if (state) state.bytesIn += frame.length;
-          metrics.bytes.inc({ direction: 'in' }, frame.length);
+          counted(frame.length);
           yield frame;
         }
-        metrics.chunkRequests.inc({ direction: 'out', outcome: 'ok' });
-        await stream.close().catch(() => undefined);
+        await finished(received);
       } catch (err) {
         fail(err);
       } finally {
@@ -113,7 +178,7 @@ export class ContentClient {
         if (received < want && stream.status === 'open') stream.abort(new Error('chunk no longer wanted'));
       }
     }
-    return { size, stream: frames() };
+    return { size, stream: socket && offer ? sealed(socket, offer) : frames() };
   }
 
   async fetchChunkMap(peer: string, digest: string, opts: IoOptions & { size?: number } = {}): Promise<ChunkMap | undefined> {

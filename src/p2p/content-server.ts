@@ -1,6 +1,8 @@
+import type { Socket } from 'node:net';
 import type { Connection, Stream } from '@libp2p/interface';
 import type { Logger } from 'pino';
 import type { TokenBucket } from '../limits/token-bucket.ts';
+import { sendSealed, type DataChannelServer, type OfferedTicket } from './data-channel.ts';
 import type { PeerMetrics } from './metrics.ts';
 import type { PeerTable } from './peer-table.ts';
 import type { ReportDesk } from './reports.ts';
@@ -20,6 +22,15 @@ export interface ContentServerOptions {
   logger: Logger;
   /** A peer broke the protocol in a request: it is banned and disconnected. */
   onViolation(peer: string, violation: ProtocolViolation): void;
+  /** Where chunk bytes go when the asking node can take them beside the stream (none: always on the stream). */
+  dataChannel?: DataChannelServer;
+}
+
+/** Lets go of a range's bytes that will not be read (its file is closed). */
+function release(stream: AsyncIterable<Uint8Array>): void {
+  const s = stream as { destroy?: () => void; return?: () => unknown };
+  if (typeof s.destroy === 'function') s.destroy();
+  else if (typeof s.return === 'function') void Promise.resolve(s.return()).catch(() => undefined);
 }
 
 /**
@@ -60,9 +71,10 @@ export class ContentServer {
       return;
     }
     this.activeChunkStreams++;
+    let opened: { size: number; stream: AsyncIterable<Uint8Array> } | undefined;
     try {
       const req = parseChunkRequest(await readJson(lp, { signal: AbortSignal.timeout(10_000) }));
-      const opened = await provider.openRange(req, { signal }).catch((err: Error) => {
+      opened = await provider.openRange(req, { signal }).catch((err: Error) => {
         logger.debug({ peer, digest: req.digest, err: err.message }, 'chunk request could not be served');
         return undefined;
       });
@@ -72,16 +84,26 @@ export class ContentServer {
         await stream.close().catch(() => undefined);
         return;
       }
-      await writeJson(lp, { status: 'OK', size: opened.size } satisfies ChunkHeader);
       const state = this.opts.table.get(peer);
-      for await (const chunk of opened.stream) {
-        for (let i = 0; i < chunk.length; i += DATA_FRAME) {
-          const piece = chunk.subarray(i, i + DATA_FRAME);
-          await upload.take(piece.length, signal);
-          await lp.write(piece, { signal });
-          if (state) state.bytesOut += piece.length;
-          metrics.bytes.inc({ direction: 'out' }, piece.length);
+      const before = async (piece: Uint8Array): Promise<void> => {
+        await upload.take(piece.length, signal);
+        if (state) state.bytesOut += piece.length;
+        metrics.bytes.inc({ direction: 'out' }, piece.length);
+      };
+      const ticket = req.channel && this.opts.dataChannel?.port ? this.opts.dataChannel.offer() : undefined;
+      await writeJson(lp, { status: 'OK', size: opened.size, ...(ticket ? { channel: ticket.offer } : {}) } satisfies ChunkHeader);
+      const socket = ticket ? await this.claimed(ticket, lp, signal) : 'stream';
+      if (socket === 'stream') {
+        for await (const chunk of opened.stream) {
+          for (let i = 0; i < chunk.length; i += DATA_FRAME) {
+            const piece = chunk.subarray(i, i + DATA_FRAME);
+            await before(piece);
+            await lp.write(piece, { signal });
+          }
         }
+      } else {
+        await sendSealed(socket, ticket!.offer, opened.stream, before, signal);
+        metrics.channelTransfers.inc({ direction: 'out' });
       }
       metrics.chunkRequests.inc({ direction: 'in', outcome: 'ok' });
       await stream.close();
@@ -90,7 +112,28 @@ export class ContentServer {
       this.violated(peer, stream, err);
     } finally {
       this.activeChunkStreams--;
+      if (opened) release(opened.stream);
     }
+  }
+
+  /**
+   * Waits for the asking node to take an offered data channel: its connection with the ticket, or a message on
+   * the chunk stream saying that it takes the bytes there (it could not reach the data port).
+   */
+  private async claimed(ticket: OfferedTicket, lp: Framed, signal: AbortSignal): Promise<Socket | 'stream'> {
+    const onStream = readJson(lp, { signal }).then(
+      (msg) => {
+        if (msg.use !== 'stream') throw new ProtocolViolation('invalid-message', 'the answer to a data channel offer is not {use: "stream"}');
+        return 'stream' as const;
+      },
+      (err: unknown) => {
+        throw violationOf(err) ?? new Error('the chunk stream closed before the data channel was taken');
+      },
+    );
+    onStream.catch(() => undefined);
+    const socket = await Promise.race([ticket.claimed, onStream]).finally(() => ticket.withdraw());
+    if (socket === undefined) throw new Error('the data channel was not taken in time');
+    return socket;
   }
 
   async serveChunkMap(stream: Stream, conn: Connection): Promise<void> {

@@ -8,6 +8,8 @@ export class PeerMetrics {
   readonly bytes: Counter<'direction'>;
   readonly chunkRequests: Counter<'direction' | 'outcome'>;
   readonly reports: Counter<'direction' | 'outcome'>;
+  readonly channelTransfers: Counter<'direction'>;
+  readonly channelFallbacks: Counter;
 
   constructor(registry: Registry, state: { connected: () => number; inventoryEntries: () => number; banned: () => number }) {
     new Gauge({
@@ -64,6 +66,18 @@ export class PeerMetrics {
       labelNames: ['direction', 'outcome'],
       registers: [registry],
     });
+    this.channelTransfers = new Counter({
+      name: 'shoal_peer_data_channel_transfers_total',
+      help: 'Chunk ranges that went over the data channel instead of the peer connection, by direction (in: received, out: served)',
+      labelNames: ['direction'],
+      registers: [registry],
+    });
+    this.channelFallbacks = new Counter({
+      name: 'shoal_peer_data_channel_fallbacks_total',
+      help: "Chunk ranges this node took on the peer connection because the holder's data port could not be reached",
+      registers: [registry],
+    });
+    for (const direction of ['in', 'out']) this.channelTransfers.inc({ direction }, 0);
     for (const result of ['hit', 'miss']) this.lookups.inc({ result }, 0);
     for (const direction of ['in', 'out']) this.bytes.inc({ direction }, 0);
     for (const reason of BAN_REASONS) this.bans.inc({ reason }, 0);

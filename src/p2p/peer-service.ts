@@ -33,6 +33,7 @@ import {
   type ReportOutcome,
 } from './types.ts';
 import type { ProtocolViolation } from './wire.ts';
+import { DataChannelServer } from './data-channel.ts';
 
 export { peerAddress } from './discovery.ts';
 
@@ -55,6 +56,8 @@ export interface PeerServiceOptions {
   mdns: boolean;
   /** Offer the clear-data connection security (clear-data.ts) before Noise. */
   clearData?: boolean;
+  /** Port of the data channel for chunk bytes (data-channel.ts), on the listen host; 0: any free port; none: off. */
+  dataPort?: number;
   /** Topology label; peers in the same zone are preferred. */
   zone?: string;
   /** Serving cap in bytes per second (0: unlimited). */
@@ -96,6 +99,7 @@ export class PeerService implements PeerNetwork {
   private readonly reportsInFlight = new Map<string, Promise<unknown>>();
   /** When a peer that sent bad bytes last proved it was its disk, not the peer: forgiven once per ban time. */
   private readonly forgiven = new Map<string, number>();
+  private readonly dataChannel?: DataChannelServer;
 
   constructor(opts: PeerServiceOptions) {
     this.opts = opts;
@@ -136,7 +140,9 @@ export class PeerService implements PeerNetwork {
       },
       onViolation,
     });
+    if (opts.dataPort !== undefined) this.dataChannel = new DataChannelServer({ host: opts.listen.host, port: opts.dataPort, logger });
     this.client = new ContentClient({
+      dataChannel: this.dataChannel !== undefined,
       node: () => this.node,
       table: this.table,
       isBanned,
@@ -158,6 +164,7 @@ export class PeerService implements PeerNetwork {
       metrics: this.metrics,
       logger,
       onViolation,
+      dataChannel: this.dataChannel,
     });
   }
 
@@ -205,6 +212,7 @@ export class PeerService implements PeerNetwork {
     await node.handle(PROTOCOLS.tag, (stream, conn) => void server.serveTag(stream, conn), { maxInboundStreams: 64 });
     await node.handle(PROTOCOLS.report, (stream, conn) => void server.serveReport(stream, conn), { maxInboundStreams: 8 });
     await node.handle(PROTOCOLS.inventory, (stream, conn) => void this.inventory.receive(stream, conn), { maxInboundStreams: 2 });
+    await this.dataChannel?.start();
     this.inventory.start();
     logger.info({ peerId: this.selfId, addresses: this.addresses() }, 'p2p listening');
     // The first round of discovery runs in the background: a slow DNS server must not hold the node's start.
@@ -218,6 +226,7 @@ export class PeerService implements PeerNetwork {
     if (this.timer) clearInterval(this.timer);
     this.discovery.stop();
     this.inventory.stop();
+    await this.dataChannel?.stop();
     await this.node?.stop();
     await this.bans.flush();
   }

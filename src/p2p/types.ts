@@ -27,6 +27,8 @@ export interface ChunkRequest {
   start: number;
   end: number;
   pull?: PullHint;
+  /** The asking node can take the bytes on the holder's data channel (data-channel.ts). */
+  channel?: boolean;
 }
 
 /** What a holder found when it re-checked a blob a peer reported (`busy`: it will not check again so soon). */

@@ -1,6 +1,7 @@
 import { Digest, isValidChunkMap, isValidRegistryHost, isValidRepositoryName, isValidTag, type ChunkMap } from '../oci/index.ts';
 import { ProtocolViolation } from './wire.ts';
 import type { ChunkRequest, PullHint } from './types.ts';
+import type { ChannelOffer } from './data-channel.ts';
 
 /**
  * Everything a peer sends is checked here with the registry API's own rules (digests, repository names, tags,
@@ -39,7 +40,7 @@ export function parseChunkRequest(msg: Record<string, unknown>): ChunkRequest {
   const end = offset(msg.end, 'end');
   if (end < start) invalid('end is before start');
   const pull = pullHint(msg.pull);
-  return { digest, start, end, ...(pull ? { pull } : {}) };
+  return { digest, start, end, ...(pull ? { pull } : {}), ...(msg.channel === true ? { channel: true } : {}) };
 }
 
 export function parseDigestRequest(msg: Record<string, unknown>): { digest: string } {
@@ -103,12 +104,28 @@ export function parseManifestHeader(msg: Record<string, unknown>): { mediaType: 
   return { mediaType: msg.mediaType };
 }
 
-export type ChunkHeader = { status: 'OK'; size: number } | { status: 'NOT_FOUND' } | { status: 'BUSY' } | { status: 'ERROR'; message: string };
+export type ChunkHeader = { status: 'OK'; size: number; channel?: ChannelOffer } | { status: 'NOT_FOUND' } | { status: 'BUSY' } | { status: 'ERROR'; message: string };
+
+function base64Bytes(value: unknown, bytes: number, what: string): string {
+  if (typeof value !== 'string' || !/^[A-Za-z0-9+/]+=*$/.test(value) || Buffer.from(value, 'base64').length !== bytes) invalid(`${what} is not ${bytes} bytes in base64`);
+  return value;
+}
+
+/** A data channel offer in a chunk answer (data-channel.ts). */
+function channelOffer(value: unknown): ChannelOffer | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== 'object' || Array.isArray(value)) invalid('channel offer is not an object');
+  const v = value as Record<string, unknown>;
+  if (typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535) invalid('channel port is not a port number');
+  return { port: v.port, ticket: base64Bytes(v.ticket, 16, 'channel ticket'), key: base64Bytes(v.key, 32, 'channel key'), nonce: base64Bytes(v.nonce, 12, 'channel nonce') };
+}
 
 export function parseChunkHeader(msg: Record<string, unknown>): ChunkHeader {
   switch (msg.status) {
-    case 'OK':
-      return { status: 'OK', size: offset(msg.size, 'size') };
+    case 'OK': {
+      const channel = channelOffer(msg.channel);
+      return { status: 'OK', size: offset(msg.size, 'size'), ...(channel ? { channel } : {}) };
+    }
     case 'NOT_FOUND':
     case 'BUSY':
       return { status: msg.status };

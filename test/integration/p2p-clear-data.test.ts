@@ -6,54 +6,21 @@
  * - both ends enabled: the blob arrives whole and verified, and its bytes are readable on the wire;
  * - only the holder enabled: the two fall back to Noise; the blob arrives and its bytes are not on the wire;
  * - a node with another cluster key, enabled too, gets no connection and no bytes.
+ *
+ * The holder's data channel is off, so that chunk bytes travel on the peer connection this test is about
+ * (p2p-data-channel.test.ts covers the channel).
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { writeClusterKey } from '../../src/p2p/keys.ts';
+import { recordingRelay } from '../helpers/relay.ts';
 import { freePort } from '../helpers/seed-registry.ts';
 import { ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
 
 const MiB = 1024 * 1024;
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-
-/** A TCP relay to `port` that keeps what crosses it, in both directions. */
-async function recordingRelay(port: number): Promise<{ port: number; seen: () => Buffer; close: () => Promise<void> }> {
-  const chunks: Buffer[] = [];
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((client) => {
-    const upstream = connect(port, '127.0.0.1');
-    sockets.add(client).add(upstream);
-    for (const [from, to] of [
-      [client, upstream],
-      [upstream, client],
-    ] as const) {
-      from.on('data', (d: Buffer) => {
-        chunks.push(d);
-        if (!to.write(d)) {
-          from.pause();
-          to.once('drain', () => from.resume());
-        }
-      });
-      from.on('end', () => to.end());
-      from.on('error', () => to.destroy());
-      from.on('close', () => sockets.delete(from));
-    }
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return {
-    port: (server.address() as { port: number }).port,
-    seen: () => Buffer.concat(chunks),
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise((ok) => server.close(() => ok(undefined)));
-    },
-  };
-}
 
 async function waitForHolder(node: ShoalProcess, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -95,7 +62,7 @@ describe('peer connections with --p2p-clear-data', () => {
     const keyFile = join(keyDir, 'cluster.key');
     await writeClusterKey(keyFile);
     const p2pPort = await freePort();
-    const holder = await procs.serve({ dataDir: await procs.tempDir('shoal-clear-'), logLevel: 'info', args: ['--p2p-listen', `127.0.0.1:${p2pPort}`, '--cluster-key', keyFile, ...holderArgs] });
+    const holder = await procs.serve({ dataDir: await procs.tempDir('shoal-clear-'), logLevel: 'info', args: ['--p2p-listen', `127.0.0.1:${p2pPort}`, '--cluster-key', keyFile, '--p2p-data-port', 'off', ...holderArgs] });
     const blob = randomBytes(6 * MiB);
     const digest = await pushBlob(holder, 'clear/app', blob);
     return { holder, keyFile, blob, digest, p2pPort };

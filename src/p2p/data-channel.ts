@@ -1,0 +1,280 @@
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import type { Logger } from 'pino';
+import type { Multiaddr } from '@multiformats/multiaddr';
+import { AbortedError, UnavailableError } from '../oci/index.ts';
+import { ProtocolViolation } from './wire.ts';
+
+/**
+ * The data channel: chunk bytes between two nodes over a plain TCP connection beside the peer connection, instead
+ * of through its Noise and Yamux layers, whose per-message JavaScript costs several times what the bytes' checks
+ * cost (docs/BENCHMARKS.md).
+ *
+ * Nothing about it is trusted by itself. The holder offers it in its answer on the chunk stream, which is
+ * authenticated by the cluster key: a one-use ticket (16 random bytes) and a fresh AES-256-GCM key and nonce for
+ * this transfer. The asking node connects to the holder's data port, presents the ticket, and receives the range
+ * sealed with that key: a stranger who sees the ticket on the wire gets bytes it cannot read, and bytes altered on
+ * the way fail the GCM tag (and the chunk's own hash after it). A ticket that is not claimed within CLAIM_MS is
+ * dropped; when the asking node cannot reach the data port it says so on the chunk stream and gets the bytes there.
+ */
+
+/** What a holder puts in its chunk answer. Key, nonce and ticket are base64. */
+export interface ChannelOffer {
+  port: number;
+  ticket: string;
+  key: string;
+  nonce: string;
+}
+
+/** Sent first on a data connection, before the ticket. */
+const HELLO = Buffer.from('shoal-data/1\n');
+const TICKET_BYTES = 16;
+const KEY_BYTES = 32;
+const NONCE_BYTES = 12;
+const TAG_BYTES = 16;
+/** An offered ticket waits this long for its connection. */
+export const CLAIM_MS = 10_000;
+/** A connection that has not presented a ticket after this long is closed. */
+const HELLO_MS = 5_000;
+/** Connections at once that have not yet presented a ticket; more are closed on arrival. */
+const MAX_UNCLAIMED = 256;
+/** How long the asking side waits for the data port to accept. */
+export const CONNECT_MS = 3_000;
+
+interface PendingTicket {
+  resolve(socket: Socket | undefined): void;
+  timer: NodeJS.Timeout;
+}
+
+export interface DataChannelServerOptions {
+  host: string;
+  /** 0: any free port. */
+  port: number;
+  logger: Logger;
+}
+
+/** A ticket offered for one transfer, and the connection that claims it. */
+export interface OfferedTicket {
+  offer: ChannelOffer;
+  /** The connection that presented the ticket; undefined when none came within CLAIM_MS or it was withdrawn. */
+  claimed: Promise<Socket | undefined>;
+  /** Takes the offer back (the asking side chose the chunk stream). */
+  withdraw(): void;
+}
+
+/** The holder's side: the data port, and the tickets it has offered. */
+export class DataChannelServer {
+  private readonly opts: DataChannelServerOptions;
+  private server?: Server;
+  private readonly tickets = new Map<string, PendingTicket>();
+  private readonly unclaimed = new Set<Socket>();
+  private boundPort = 0;
+
+  constructor(opts: DataChannelServerOptions) {
+    this.opts = opts;
+  }
+
+  /** The port the data channel listens on (after start). */
+  get port(): number {
+    return this.boundPort;
+  }
+
+  async start(): Promise<void> {
+    const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    this.server = server;
+    server.listen({ host: this.opts.host, port: this.opts.port });
+    await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err as Error))]);
+    const addr = server.address();
+    this.boundPort = typeof addr === 'object' && addr ? addr.port : 0;
+    this.opts.logger.info({ host: this.opts.host, port: this.boundPort }, 'p2p data channel listening');
+  }
+
+  async stop(): Promise<void> {
+    for (const t of this.tickets.values()) {
+      clearTimeout(t.timer);
+      t.resolve(undefined);
+    }
+    this.tickets.clear();
+    for (const s of this.unclaimed) s.destroy();
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  /** A fresh ticket and key for one transfer. */
+  offer(): OfferedTicket {
+    const ticket = randomBytes(TICKET_BYTES).toString('base64');
+    const offer: ChannelOffer = { port: this.boundPort, ticket, key: randomBytes(KEY_BYTES).toString('base64'), nonce: randomBytes(NONCE_BYTES).toString('base64') };
+    let settle!: (s: Socket | undefined) => void;
+    const claimed = new Promise<Socket | undefined>((resolve) => (settle = resolve));
+    const done = (socket: Socket | undefined): void => {
+      const pending = this.tickets.get(ticket);
+      if (!pending) return;
+      clearTimeout(pending.timer);
+      this.tickets.delete(ticket);
+      settle(socket);
+    };
+    const timer = setTimeout(() => done(undefined), CLAIM_MS);
+    timer.unref();
+    this.tickets.set(ticket, { resolve: done, timer });
+    return { offer, claimed, withdraw: () => done(undefined) };
+  }
+
+  private accept(socket: Socket): void {
+    if (this.unclaimed.size >= MAX_UNCLAIMED) {
+      socket.destroy();
+      return;
+    }
+    this.unclaimed.add(socket);
+    socket.on('error', () => undefined);
+    const want = HELLO.length + TICKET_BYTES;
+    let got = Buffer.alloc(0);
+    const timer = setTimeout(() => socket.destroy(), HELLO_MS);
+    timer.unref();
+    const end = (): void => {
+      clearTimeout(timer);
+      this.unclaimed.delete(socket);
+      socket.off('data', onData);
+      socket.off('close', end);
+    };
+    const onData = (data: Buffer): void => {
+      got = Buffer.concat([got, data]);
+      if (got.length < want) return;
+      end();
+      socket.pause();
+      const pending = got.length === want && got.subarray(0, HELLO.length).equals(HELLO) ? this.tickets.get(got.subarray(HELLO.length).toString('base64')) : undefined;
+      if (!pending) {
+        // Nothing is said to a connection without a valid ticket.
+        socket.destroy();
+        return;
+      }
+      pending.resolve(socket);
+    };
+    socket.on('data', onData);
+    socket.on('close', end);
+  }
+}
+
+/** Where a peer connection's other end is, as a host to open a data connection to. */
+export function hostOf(addr: Multiaddr): string | undefined {
+  for (const c of addr.getComponents()) {
+    if ((c.name === 'ip4' || c.name === 'ip6') && c.value) return c.value;
+  }
+  return undefined;
+}
+
+function abortError(signal: AbortSignal | undefined): Error {
+  return signal?.reason instanceof Error && signal.reason.name !== 'AbortError' && signal.reason.name !== 'TimeoutError' ? signal.reason : new AbortedError();
+}
+
+/**
+ * Sends a range sealed with the ticket's key on the connection that claimed it: the ciphertext, then the GCM tag.
+ * `before` runs before each piece is sent (the upload cap, byte counts).
+ */
+export async function sendSealed(socket: Socket, offer: ChannelOffer, pieces: AsyncIterable<Uint8Array>, before: (piece: Uint8Array) => Promise<void>, signal: AbortSignal): Promise<number> {
+  const cipher = createCipheriv('aes-256-gcm', Buffer.from(offer.key, 'base64'), Buffer.from(offer.nonce, 'base64'));
+  let closed: Error | undefined;
+  const onClose = (): void => {
+    closed ??= new UnavailableError('the data connection closed');
+  };
+  socket.on('close', onClose);
+  const onAbort = (): void => {
+    socket.destroy();
+  };
+  signal.addEventListener('abort', onAbort, { once: true });
+  let sent = 0;
+  try {
+    for await (const piece of pieces) {
+      if (signal.aborted) throw abortError(signal);
+      if (closed) throw closed;
+      await before(piece);
+      sent += piece.length;
+      if (!socket.write(cipher.update(piece))) await Promise.race([once(socket, 'drain', { signal }), once(socket, 'close')]);
+    }
+    cipher.final();
+    socket.end(cipher.getAuthTag());
+    await Promise.race([once(socket, 'finish', { signal }), once(socket, 'close')]);
+    if (closed && !socket.writableFinished) throw closed;
+    return sent;
+  } catch (err) {
+    socket.destroy();
+    if (signal.aborted) throw abortError(signal);
+    throw err;
+  } finally {
+    socket.off('close', onClose);
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
+/** Connects to a holder's data port and presents the ticket. */
+export async function openChannel(host: string, offer: ChannelOffer, signal: AbortSignal): Promise<Socket> {
+  const connectSignal = AbortSignal.any([signal, AbortSignal.timeout(CONNECT_MS)]);
+  const socket = connect({ host, port: offer.port, noDelay: true });
+  socket.on('error', () => undefined);
+  const onAbort = (): void => {
+    socket.destroy();
+  };
+  connectSignal.addEventListener('abort', onAbort, { once: true });
+  try {
+    await Promise.race([
+      once(socket, 'connect'),
+      once(socket, 'close').then(() => Promise.reject(new UnavailableError(`the data port ${host}:${offer.port} did not accept`))),
+    ]);
+  } catch (err) {
+    socket.destroy();
+    if (signal.aborted) throw abortError(signal);
+    if (connectSignal.aborted) throw new UnavailableError(`the data port ${host}:${offer.port} did not answer within ${CONNECT_MS} ms`);
+    throw err instanceof UnavailableError ? err : new UnavailableError(`the data port ${host}:${offer.port} did not accept: ${(err as Error).message}`);
+  } finally {
+    connectSignal.removeEventListener('abort', onAbort);
+  }
+  socket.write(Buffer.concat([HELLO, Buffer.from(offer.ticket, 'base64')]));
+  return socket;
+}
+
+/**
+ * Reads exactly `want` bytes sealed with the offer's key from a data connection. Pieces are handed on as they are
+ * decrypted; the GCM tag is checked after the last one, and a bad tag, a short or a long answer throws before the
+ * iteration ends, so a caller uses the bytes only once it ended normally.
+ */
+export async function* receiveSealed(socket: Socket, offer: ChannelOffer, want: number, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+  const decipher = createDecipheriv('aes-256-gcm', Buffer.from(offer.key, 'base64'), Buffer.from(offer.nonce, 'base64'));
+  const onAbort = (): void => {
+    socket.destroy();
+  };
+  signal.addEventListener('abort', onAbort, { once: true });
+  let received = 0;
+  const tag: Buffer[] = [];
+  let tagLength = 0;
+  try {
+    for await (const data of socket as AsyncIterable<Buffer>) {
+      let body = data;
+      if (received + body.length > want) {
+        const cut = want - received;
+        tag.push(body.subarray(cut));
+        tagLength += body.length - cut;
+        body = body.subarray(0, cut);
+        if (tagLength > TAG_BYTES) throw new ProtocolViolation('invalid-message', `it sent more than ${want} bytes on the data channel`);
+      }
+      if (body.length) {
+        received += body.length;
+        yield decipher.update(body);
+      }
+    }
+    if (signal.aborted) throw abortError(signal);
+    if (received < want || tagLength < TAG_BYTES) throw new UnavailableError(`the data channel ended after ${received} of ${want} bytes`);
+    decipher.setAuthTag(Buffer.concat(tag));
+    try {
+      decipher.final();
+    } catch {
+      throw new UnavailableError('bytes on the data channel failed their authentication tag');
+    }
+  } catch (err) {
+    if (signal.aborted) throw abortError(signal);
+    throw err;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    socket.destroy();
+  }
+}
