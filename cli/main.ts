@@ -37,7 +37,7 @@ export function buildProgram(): Command {
     .option('--peers-dns <name>', 'DNS name whose addresses are peers, e.g. a headless Service [env SHOAL_PEERS_DNS]')
     .option('--mdns', 'find peers by mDNS on a flat LAN')
     .option('--p2p-clear-data', 'peer connections: authenticated handshake, unencrypted bytes (a trusted LAN; both ends must enable it)')
-    .option('--p2p-data-port <port|off>', 'port of the data channel for chunk bytes between nodes, AES-GCM keyed per transfer; off: bytes stay on the peer connection [default: the p2p port + 1, env SHOAL_P2P_DATA_PORT]')
+    .option('--p2p-data-port <port|off>', 'port of the data channel for chunk bytes between nodes, AES-GCM keyed per transfer; off: bytes stay on the peer connection [default: the first free port after the p2p port, env SHOAL_P2P_DATA_PORT]')
     .option('--zone <label>', 'topology label; peers with the same label are preferred [env SHOAL_ZONE]')
     .option('--max-peer-upload <rate>', 'cap on serving peers, bytes or bits per second, e.g. 50M, 20Mi or 400Mbit [default: none]')
     .option('--max-seed-rate <rate>', 'cap on the seed link, bytes or bits per second, e.g. 10M, 8Mi or 80Mbit [default: none]')

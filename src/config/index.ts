@@ -63,7 +63,8 @@ export interface ShoalConfig {
   p2pClearData: boolean;
   /**
    * Port of the data channel, which carries chunk bytes between nodes beside the peer connection (README, Peers):
-   * empty: the p2p port + 1 (any free port when the p2p port is 0); `off`: chunk bytes stay on the peer connection.
+   * empty: the first port after the p2p port that no other listener uses (any free port when the p2p port is 0);
+   * `off`: chunk bytes stay on the peer connection.
    */
   p2pDataPort: string;
   /** Topology label (e.g. the node's zone); peers with the same label are preferred. */
@@ -432,15 +433,26 @@ function apply(target: ShoalConfig, source: Record<string, unknown>, origin: str
   }
 }
 
-/** The data channel's port (0: any free port), or undefined when it is off; config.p2pListen must be set. */
-export function dataPortOf(config: Pick<ShoalConfig, 'p2pListen' | 'p2pDataPort'>): number | undefined {
+/**
+ * The data channel's port (0: any free port), or undefined when it is off; config.p2pListen must be set. By default
+ * it is the first port after the p2p port that no other listener of this node uses.
+ */
+export function dataPortOf(config: Pick<ShoalConfig, 'p2pListen' | 'p2pDataPort'> & Partial<Pick<ShoalConfig, 'listen' | 'metricsListen'>>): number | undefined {
   const value = config.p2pDataPort.trim();
   if (value === 'off') return undefined;
   const p2pPort = parseListen(config.p2pListen, 'p2pListen').port;
-  if (value === '') return p2pPort === 0 ? 0 : p2pPort + 1 <= 65535 ? p2pPort + 1 : 0;
-  if (!/^\d+$/.test(value) || Number(value) > 65535) throw new ConfigError(`p2pDataPort: ${JSON.stringify(config.p2pDataPort)} is not a port number, empty (the p2p port + 1) or off`);
+  const taken = new Set([p2pPort]);
+  if (config.listen) taken.add(parseListen(config.listen).port);
+  if (config.metricsListen) taken.add(parseListen(config.metricsListen, 'metricsListen').port);
+  if (value === '') {
+    if (p2pPort === 0) return 0;
+    let port = p2pPort + 1;
+    while (taken.has(port)) port++;
+    return port <= 65535 ? port : 0;
+  }
+  if (!/^\d+$/.test(value) || Number(value) > 65535) throw new ConfigError(`p2pDataPort: ${JSON.stringify(config.p2pDataPort)} is not a port number, empty (the first free port after the p2p port) or off`);
   const port = Number(value);
-  if (port !== 0 && port === p2pPort) throw new ConfigError(`p2pDataPort: ${port} is the p2p port; the data channel needs a port of its own`);
+  if (port !== 0 && taken.has(port)) throw new ConfigError(`p2pDataPort: ${port} is the port of another listener of this node; the data channel needs a port of its own`);
   return port;
 }
 

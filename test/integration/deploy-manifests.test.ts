@@ -17,7 +17,7 @@ import { createRequire } from 'node:module';
 import { promisify } from 'node:util';
 import { DEPLOY, ROOT, loadYamlDir, modelInterface, modelModule, renderKustomization, validateObject, type K8sObject, type Sourced } from '../helpers/deploy.ts';
 import { buildProgram } from '../../cli/main.ts';
-import { loadConfig, parseListen, type ShoalConfig } from '../../src/config/index.ts';
+import { dataPortOf, loadConfig, parseListen, type ShoalConfig } from '../../src/config/index.ts';
 
 const execFileP = promisify(execFile);
 
@@ -178,9 +178,13 @@ describe('deploy/: schemas, rendering, consistency', () => {
     assert.equal(ann['prometheus.io/scrape'], 'true');
     assert.equal(Number(ann['prometheus.io/port']), metrics.port);
     assert.equal(ann['prometheus.io/path'], '/metrics');
-    assert.deepEqual(Object.fromEntries((node.ports ?? []).map((p) => [p.name, p.containerPort])), { registry: listen.port, p2p: p2p.port, metrics: metrics.port });
+    const dataPort = dataPortOf(config);
+    assert.ok(dataPort, 'the data channel is on, on a port of its own');
+    assert.equal(new Set([listen.port, metrics.port, p2p.port, dataPort]).size, 4, 'no two listeners share a port');
+    assert.deepEqual(Object.fromEntries((node.ports ?? []).map((p) => [p.name, p.containerPort])), { registry: listen.port, p2p: p2p.port, 'p2p-data': dataPort, metrics: metrics.port });
     assert.equal(svc.spec.clusterIP, 'None', 'headless');
     assert.equal(svc.spec.ports.find((p) => p.name === 'p2p')?.targetPort, p2p.port);
+    assert.equal(svc.spec.ports.find((p) => p.name === 'p2p-data')?.targetPort, dataPort);
     assert.deepEqual(svc.spec.selector, find<Workload>(all, 'DaemonSet').spec.template.metadata && (ds as unknown as { spec: { selector: { matchLabels: Record<string, string> } } }).spec.selector.matchLabels);
     assert.equal(config.peersDns, `${svc.metadata.name}.${ns}.svc.cluster.local`, 'peersDns is the headless Service');
     assert.ok(pod.hostNetwork, 'containerd reaches 127.0.0.1:5000 of the node');

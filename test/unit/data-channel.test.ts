@@ -147,13 +147,15 @@ describe('data channel messages and settings', () => {
     }
   });
 
-  it('p2pDataPort: the p2p port + 1 by default, any port beside port 0, off, or a port of its own', () => {
+  it('p2pDataPort: the first free port after the p2p port by default, any port beside port 0, off, or a port of its own', () => {
     assert.equal(dataPortOf({ p2pListen: '0.0.0.0:5001', p2pDataPort: '' }), 5002);
     assert.equal(dataPortOf({ p2pListen: '127.0.0.1:0', p2pDataPort: '' }), 0);
     assert.equal(dataPortOf({ p2pListen: '0.0.0.0:65535', p2pDataPort: '' }), 0);
+    assert.equal(dataPortOf({ p2pListen: '0.0.0.0:5001', p2pDataPort: '', listen: '127.0.0.1:5002', metricsListen: '0.0.0.0:5003' }), 5004, 'the first port no other listener uses');
+    assert.throws(() => dataPortOf({ p2pListen: '0.0.0.0:5001', p2pDataPort: '5000', listen: '127.0.0.1:5000' }), (err: Error) => err instanceof ConfigError && /another listener/.test(err.message));
     assert.equal(dataPortOf({ p2pListen: '0.0.0.0:5001', p2pDataPort: 'off' }), undefined);
     assert.equal(dataPortOf({ p2pListen: '0.0.0.0:5001', p2pDataPort: '6000' }), 6000);
-    assert.throws(() => dataPortOf({ p2pListen: '0.0.0.0:5001', p2pDataPort: '5001' }), (err: Error) => err instanceof ConfigError && /port of its own/.test(err.message));
+    assert.throws(() => dataPortOf({ p2pListen: '0.0.0.0:5001', p2pDataPort: '5001' }), (err: Error) => err instanceof ConfigError && /another listener/.test(err.message));
     assert.throws(() => dataPortOf({ p2pListen: '0.0.0.0:5001', p2pDataPort: 'fast' }), (err: Error) => err instanceof ConfigError && /not a port number/.test(err.message));
     assert.throws(() => dataPortOf({ p2pListen: '0.0.0.0:5001', p2pDataPort: '70000' }), ConfigError);
   });
