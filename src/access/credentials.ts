@@ -123,8 +123,11 @@ export class CredentialStore {
   private tokens = new Map<string, Buffer>();
   /** Passwords that matched, by user: sha256(hash + password), so bcrypt runs once per user and password. */
   private readonly verified = new Map<string, Buffer>();
-  /** A bcrypt hash to compare against for unknown users, so that they take as long as known ones. */
-  private readonly dummyHash = bcrypt.hashSync('not a password', 10);
+  /**
+   * A bcrypt hash to compare against for unknown users, so that they take as long as known ones. Made on first
+   * use: hashing it at start cost every node about 50 ms of CPU before it could listen, users or not.
+   */
+  private dummyHash?: Promise<string>;
 
   constructor(opts: { htpasswdFile?: string; tokensFile?: string; logger: CredentialLog }) {
     this.htpasswdFile = opts.htpasswdFile || undefined;
@@ -220,7 +223,8 @@ export class CredentialStore {
       if (timingSafeEqual(expected, sha256(password))) return { ok: true, principal: { name: user, kind: 'token' } };
       return { ok: false, reason: 'invalid', name: user, message: `wrong token for ${user}` };
     }
-    await bcrypt.compare(password, this.dummyHash);
+    this.dummyHash ??= bcrypt.hash('not a password', 10);
+    await bcrypt.compare(password, await this.dummyHash);
     return { ok: false, reason: 'invalid', name: user, message: `unknown user ${user}` };
   }
 
