@@ -236,23 +236,23 @@ export function profileEnv(): Record<string, string> | undefined {
   return { BENCH_PROFILE_DIR: dir, NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import=${join(ROOT, 'bench/cpu-profile.mjs')}`.trim() };
 }
 
-/** CPU time (user + system, ms) a process has used so far, from /proc (USER_HZ 100). */
-export async function cpuMs(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+/** CPU time (user + system, ms) a process has used so far, from /proc (USER_HZ 100); with `thread`, that thread's. */
+export async function cpuMs(pid: number, thread?: number): Promise<number> {
+  const stat = await readFile(thread === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${thread}/stat`, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 }
 
 /**
- * Runs `fn` (which returns the bytes it moved) and gives the CPU milliseconds `pid` used per MiB meanwhile: less
- * sensitive to other work on the machine than MB/s, and 1000 ÷ it is the MB/s that process could reach on one
- * free core.
+ * Runs `fn` (which returns the bytes it moved) and gives MB/s, the process's CPU ms per MiB, and its main
+ * thread's: the JavaScript thread is the one that cannot spread over cores, so 1000 ÷ that is the MB/s the node
+ * could reach with a core for it and the rest on others.
  */
-export async function cpuPerMiB(pid: number, fn: () => Promise<number>): Promise<{ mbps: number; cpuMsPerMiB: number }> {
-  const c0 = await cpuMs(pid);
+export async function cpuPerMiB(pid: number, fn: () => Promise<number>): Promise<{ mbps: number; cpuMsPerMiB: number; mainMsPerMiB: number }> {
+  const [c0, m0] = [await cpuMs(pid), await cpuMs(pid, pid)];
   const t = process.hrtime.bigint();
   const bytes = await fn();
   const s = Number(process.hrtime.bigint() - t) / 1e9;
-  const c1 = await cpuMs(pid);
-  return { mbps: bytes / MIB / s, cpuMsPerMiB: (c1 - c0) / (bytes / MIB) };
+  const [c1, m1] = [await cpuMs(pid), await cpuMs(pid, pid)];
+  return { mbps: bytes / MIB / s, cpuMsPerMiB: (c1 - c0) / (bytes / MIB), mainMsPerMiB: (m1 - m0) / (bytes / MIB) };
 }

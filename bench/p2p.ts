@@ -75,6 +75,8 @@ export async function p2pBench(): Promise<void> {
     procs.serve({ dataDir: await procs.tempDir('shoal-bench-p2p-'), logLevel: 'info', args: [...args, ...extra], env });
   const peerS: number[] = [];
   const peerCpu: number[] = [];
+  const peerMain: number[] = [];
+  const streamMain: number[] = [];
   const channelChunks: number[] = [];
   const streamS: number[] = [];
   const streamCpu: number[] = [];
@@ -101,6 +103,7 @@ export async function p2pBench(): Promise<void> {
       const one = await cpuPerMiB(b.child.pid!, () => pull(b.url, 'bench/p2p', digest, true));
       peerS.push(one.mbps);
       peerCpu.push(one.cpuMsPerMiB);
+      peerMain.push(one.mainMsPerMiB);
       channelChunks.push((await scrape(b.url)).get('shoal_peer_data_channel_transfers_total', { direction: 'in' }));
       await b.terminate();
       // The bytes on the peer connection (Noise, Yamux), the data channel off on both ends; BENCH_P2P_STREAM=0: not.
@@ -112,6 +115,7 @@ export async function p2pBench(): Promise<void> {
         const viaStream = await cpuPerMiB(sb.child.pid!, () => pull(sb.url, 'bench/p2p', digest, true));
         streamS.push(viaStream.mbps);
         streamCpu.push(viaStream.cpuMsPerMiB);
+        streamMain.push(viaStream.mainMsPerMiB);
         await Promise.all([sb.terminate(), sa.terminate()]);
       }
       // The same with --p2p-clear-data on both ends (Noise handshake, unencrypted bytes); BENCH_P2P_CLEAR=0: not.
@@ -150,9 +154,12 @@ export async function p2pBench(): Promise<void> {
     multi_peer_mbps: r(median(multiS), 1),
     receiver_cpu_ms_per_mib: r(median(peerCpu)),
     receiver_cpu_bound_mbps: r(1000 / median(peerCpu), 0),
+    receiver_main_thread_ms_per_mib: r(median(peerMain)),
+    receiver_main_thread_bound_mbps: r(1000 / median(peerMain), 0),
     data_channel_chunks: median(channelChunks),
     peer_connection_mbps: r(median(streamS), 1),
     peer_connection_receiver_cpu_ms_per_mib: r(median(streamCpu)),
+    peer_connection_receiver_main_thread_ms_per_mib: r(median(streamMain)),
     clear_data_peer_mbps: r(median(clearS), 1),
     clear_data_receiver_cpu_ms_per_mib: r(median(clearCpu)),
     clear_data_receiver_cpu_bound_mbps: r(1000 / median(clearCpu), 0),
@@ -172,6 +179,7 @@ export async function p2pBench(): Promise<void> {
         { label: 'from one peer, on the peer connection (data channel off)', value: figures.peer_connection_mbps },
         { label: 'the same, --p2p-clear-data', value: figures.clear_data_peer_mbps },
         { label: 'receiver CPU-bound ceiling (1 core)', value: figures.receiver_cpu_bound_mbps, mark: 300 },
+        { label: 'receiver main-thread ceiling (a core for it)', value: figures.receiver_main_thread_bound_mbps, mark: 300 },
         { label: 'the same, --p2p-clear-data', value: figures.clear_data_receiver_cpu_bound_mbps, mark: 300 },
       ],
     },

@@ -88,18 +88,21 @@ export async function singleBench(): Promise<void> {
     const coldD: number[] = [];
     const coldS: number[] = [];
     const coldCpu: number[] = [];
+    const coldMain: number[] = [];
     for (let i = 0; i < rounds; i++) {
       const mirror = await node(['--seed', dist.url]);
       coldD.push(await timed(() => pull(dist.url, 'bench/push0', digest, true)));
       const cold = await cpuPerMiB(mirror.child.pid!, () => pull(mirror.url, 'bench/push0', digest, true));
       coldS.push(cold.mbps);
       coldCpu.push(cold.cpuMsPerMiB);
+      coldMain.push(cold.mainMsPerMiB);
       await mirror.terminate();
     }
     Object.assign(runs, { coldD, coldS });
     f.cold_pull_ratio = median(coldS) / median(coldD);
     f.cold_pull_mbps = median(coldS);
     f.cold_pull_node_cpu_ms_per_mib = median(coldCpu);
+    f.cold_pull_node_main_thread_ms_per_mib = median(coldMain);
 
     // Manifests under load: 50 connections, by tag and by digest, medians of alternating runs.
     const layer = randomBytes(MIB);

@@ -25,6 +25,8 @@ export const SHARED_READ_CHUNK = 256 * 1024;
 /** Bytes on their way into the store. */
 export interface IngestFile {
   readonly id: string;
+  /** The file the bytes go to, when they go to one (another thread may read it). */
+  readonly path?: string;
   append(chunk: Uint8Array): Promise<void>;
   /** Bytes appended so far, inclusive range. */
   read(range: ByteRange): Promise<Readable>;
@@ -193,6 +195,7 @@ export class DiskBlobBytes implements BlobBytes {
     };
     return {
       id,
+      path: tmp,
       append: async (chunk) => {
         await writeAll(fh, chunk, position);
         position += chunk.length;

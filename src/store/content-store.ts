@@ -3,11 +3,12 @@ import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
-import { AbortedError, ChunkHasher, KeyedMutex, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, UnsupportedError, diskFullCode, type ChunkMap } from '../oci/index.ts';
+import { AbortedError, CHUNK_SIZE, ChunkHasher, KeyedMutex, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, UnsupportedError, diskFullCode, type ChunkMap } from '../oci/index.ts';
 import { DiskBlobBytes, MemoryBlobBytes, type BlobBytes } from './bytes.ts';
 import { keyParts, keys, lastPart } from './keys.ts';
 import { migrateStore } from './migrations.ts';
 import { LevelKeyValueStore, MemoryKeyValueStore, type KeyValueStore, type KvOp } from './kv.ts';
+import { IngestHasher, type HashJob } from './ingest-hasher.ts';
 import { crashPoint } from './crash-points.ts';
 import type {
   AppendOptions,
@@ -88,6 +89,8 @@ export class KvContentStore implements ContentStore {
   private readonly referenced = new Map<string, number>();
   private readonly guards = new Set<Guard>();
   private opened = false;
+  /** Hashes ingests on a thread of its own (started on the first ingest of a file on disk). */
+  private readonly ingestHasher = new IngestHasher();
 
   constructor(kv: KeyValueStore, bytes: BlobBytes) {
     this.kv = kv;
@@ -111,6 +114,7 @@ export class KvContentStore implements ContentStore {
   async close(): Promise<void> {
     if (!this.opened) return;
     this.opened = false;
+    await this.ingestHasher.close();
     await this.kv.close();
   }
 
@@ -508,31 +512,69 @@ export class KvContentStore implements ContentStore {
 
   async openIngest(): Promise<Ingest> {
     const file = await this.bytes.ingest();
-    let hasher: DigestHasher | undefined = new DigestHasher('sha256');
-    const chunks = new ChunkHasher();
+    // A file on disk is hashed on the hashing thread as it is written; bytes in memory (tests) here.
+    let job: HashJob | undefined;
+    if (file.path) {
+      try {
+        job = this.ingestHasher.track(file.path);
+      } catch {
+        job = undefined;
+      }
+    }
+    const inline = job ? undefined : { digest: new DigestHasher('sha256'), chunks: new ChunkHasher() };
+    let size = 0;
+    let open = true;
     let done = false;
     const finish = async (): Promise<void> => {
       if (done) return;
       done = true;
+      open = false;
+      job?.drop();
       await file.discard();
+    };
+    /** The sha256 and chunk map of what was written: from the hashing thread, or this one's own pass over the file when it failed. */
+    const hashed = async (): Promise<{ digest: string; chunks: ChunkMap }> => {
+      if (inline) return { digest: inline.digest.digest().toString(), chunks: inline.chunks.map() };
+      try {
+        const h = await job!.finish(size);
+        if (h.size !== size) throw new Error(`the hashing thread read ${h.size} bytes of ${size}`);
+        return { digest: `sha256:${h.digest}`, chunks: { size, chunks: h.chunks } };
+      } catch {
+        const digest = new DigestHasher('sha256');
+        const chunks = new ChunkHasher();
+        if (size > 0) {
+          for await (const c of await file.read({ start: 0, end: size - 1 })) {
+            digest.update(c as Uint8Array);
+            chunks.update(c as Uint8Array);
+          }
+        }
+        return { digest: digest.digest().toString(), chunks: chunks.map() };
+      }
     };
     const ingest: Ingest = {
       get size() {
-        return hasher?.size ?? 0;
+        return size;
       },
       append: async (chunk, opts = {}) => {
         checkAbort(opts.signal);
-        if (done || !hasher) throw new ShoalError('INTERNAL', 'write to a blob that is already committed or aborted');
+        if (!open) throw new ShoalError('INTERNAL', 'write to a blob that is already committed or aborted');
         await file.append(chunk);
-        hasher.update(chunk);
-        chunks.update(chunk, opts.chunkHash);
+        if (inline) {
+          inline.digest.update(chunk);
+          inline.chunks.update(chunk, opts.chunkHash);
+        } else {
+          if (opts.chunkHash !== undefined && size % CHUNK_SIZE === 0 && chunk.length === CHUNK_SIZE) job!.known(size / CHUNK_SIZE, opts.chunkHash);
+          job!.written(size + chunk.length);
+        }
+        size += chunk.length;
       },
       read: (range) => file.read(range),
       commit: async (repository, expect, opts = {}) => {
         checkAbort(opts.signal);
-        if (done || !hasher) throw new ShoalError('INTERNAL', 'commit of a blob that is already committed or aborted');
-        const size = hasher.size;
-        let actual = hasher.digest().toString();
+        if (!open) throw new ShoalError('INTERNAL', 'commit of a blob that is already committed or aborted');
+        open = false;
+        const { digest: sha256, chunks } = await hashed();
+        let actual = sha256;
         if (expect.digest && Digest.parse(expect.digest).algorithm !== 'sha256') {
           const other = new DigestHasher(Digest.parse(expect.digest).algorithm);
           for await (const c of await file.read({ start: 0, end: size - 1 })) other.update(c as Uint8Array);
@@ -550,7 +592,6 @@ export class KvContentStore implements ContentStore {
           throw err;
         }
         const info: BlobInfo = { digest: actual, size };
-        hasher = undefined;
         done = true;
         return this.digestLocks.run(info.digest, async () => {
           try {
@@ -565,7 +606,7 @@ export class KvContentStore implements ContentStore {
           const ops = await this.linkOps(repository, info);
           // The chunk map comes from the bytes just verified against the digest: this node can vouch for it.
           if (ops.some((o) => o.type === 'put' && o.key === keys.blob(info.digest)) && Digest.parse(info.digest).algorithm === 'sha256') {
-            ops.push({ type: 'put', key: keys.chunks(info.digest), value: chunks.map() });
+            ops.push({ type: 'put', key: keys.chunks(info.digest), value: chunks });
           }
           await this.applyLink(ops, info);
           crashPoint('commit:records');

@@ -1,0 +1,179 @@
+import { Worker } from 'node:worker_threads';
+import { CHUNK_SIZE } from '../oci/index.ts';
+
+/**
+ * Hashes blobs being written on a thread of their own. A blob's sha256 and its chunk map cost one pass each over
+ * every byte, about 1 ms per MiB each on these machines: on the thread that also receives, decrypts and serves the
+ * bytes, they were a third of its work (docs/BENCHMARKS.md). The worker reads each ingest file back behind the
+ * writer (the bytes are still in the page cache) and hashes what was written, so the digest a blob is committed
+ * under is the digest of the bytes on disk. Nothing is trusted from it that the store would not compute itself:
+ * it is the same computation, elsewhere; if the worker fails, the store hashes the file on its own thread.
+ */
+
+/** What the worker found for one ingest. */
+export interface IngestHash {
+  size: number;
+  /** sha256 hex of the whole. */
+  digest: string;
+  /** sha256 hex of every CHUNK_SIZE chunk (the last may be shorter). */
+  chunks: string[];
+}
+
+/** One ingest file followed by the worker. */
+export interface HashJob {
+  /** A whole chunk at `index` whose sha256 the writer already knows: the worker does not hash it again. */
+  known(index: number, hash: string): void;
+  /** The file holds `size` bytes now. */
+  written(size: number): void;
+  /** The hash of the first `size` bytes; rejects when the worker failed. */
+  finish(size: number): Promise<IngestHash>;
+  /** The ingest was dropped. */
+  drop(): void;
+}
+
+// The worker is plain JavaScript given as source, so that it runs the same from the TypeScript sources and from the
+// compiled bundle. It reads with a read buffer of its own and never writes.
+const WORKER_SOURCE = `
+const { parentPort } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+const fs = require('node:fs');
+const CHUNK = ${CHUNK_SIZE};
+const buf = Buffer.allocUnsafe(1024 * 1024);
+const jobs = new Map();
+function endChunk(job) {
+  const index = job.chunks.length;
+  if (job.skip) job.chunks.push(job.known.get(index));
+  else {
+    job.chunks.push(job.chunk.digest('hex'));
+    job.chunk = createHash('sha256');
+  }
+  job.known.delete(index);
+  job.inChunk = 0;
+}
+function advance(job, upTo) {
+  while (job.pos < upTo) {
+    if (job.inChunk === 0) job.skip = job.known.has(job.chunks.length);
+    const want = Math.min(buf.length, upTo - job.pos, CHUNK - job.inChunk);
+    const n = fs.readSync(job.fd, buf, 0, want, job.pos);
+    if (n === 0) throw new Error('the file holds ' + job.pos + ' bytes, not ' + upTo);
+    const piece = n === buf.length ? buf : buf.subarray(0, n);
+    job.digest.update(piece);
+    if (!job.skip) job.chunk.update(piece);
+    job.pos += n;
+    job.inChunk += n;
+    if (job.inChunk === CHUNK) endChunk(job);
+  }
+}
+function close(id) {
+  const job = jobs.get(id);
+  if (!job) return;
+  jobs.delete(id);
+  if (job.fd !== undefined) try { fs.closeSync(job.fd); } catch {}
+}
+parentPort.on('message', (m) => {
+  try {
+    if (m.type === 'open') {
+      let fd;
+      let failed;
+      try { fd = fs.openSync(m.path, 'r'); } catch (err) { failed = String(err && err.message || err); }
+      jobs.set(m.id, { fd, pos: 0, digest: createHash('sha256'), chunk: createHash('sha256'), inChunk: 0, chunks: [], known: new Map(), skip: false, failed });
+      return;
+    }
+    const job = jobs.get(m.id);
+    if (!job) return;
+    if (m.type === 'drop') return close(m.id);
+    if (job.failed) {
+      if (m.type === 'finish') { parentPort.postMessage({ id: m.id, error: job.failed }); close(m.id); }
+      return;
+    }
+    try {
+      if (m.type === 'known') job.known.set(m.index, m.hash);
+      else if (m.type === 'upto') advance(job, m.size);
+      else if (m.type === 'finish') {
+        advance(job, m.size);
+        if (job.inChunk > 0) endChunk(job);
+        parentPort.postMessage({ id: m.id, size: job.pos, digest: job.digest.digest('hex'), chunks: job.chunks });
+        close(m.id);
+      }
+    } catch (err) {
+      job.failed = String(err && err.message || err);
+      if (m.type === 'finish') { parentPort.postMessage({ id: m.id, error: job.failed }); close(m.id); }
+    }
+  } catch (err) {
+    parentPort.postMessage({ id: m.id, error: String(err && err.message || err) });
+  }
+});
+`;
+
+type Reply = { id: number; error: string } | ({ id: number } & IngestHash);
+
+/** The hashing thread of one store: started on first use, ended by close(). */
+export class IngestHasher {
+  private worker?: Worker;
+  private nextId = 1;
+  private readonly waiting = new Map<number, { resolve(h: IngestHash): void; reject(err: Error): void }>();
+  private closed = false;
+
+  private start(): Worker {
+    if (this.worker) return this.worker;
+    const worker = new Worker(WORKER_SOURCE, { eval: true, name: 'shoal-ingest-hasher' });
+    worker.unref();
+    worker.on('message', (reply: Reply) => {
+      const w = this.waiting.get(reply.id);
+      if (!w) return;
+      this.waiting.delete(reply.id);
+      // Held open only while an answer is awaited: an idle hashing thread keeps no process alive.
+      if (this.waiting.size === 0) worker.unref();
+      if ('error' in reply) w.reject(new Error(`hashing thread: ${reply.error}`));
+      else w.resolve({ size: reply.size, digest: reply.digest, chunks: reply.chunks });
+    });
+    const failAll = (err: Error): void => {
+      if (this.worker === worker) this.worker = undefined;
+      for (const w of this.waiting.values()) w.reject(err);
+      this.waiting.clear();
+    };
+    worker.on('error', (err) => failAll(err));
+    worker.on('exit', (code) => failAll(new Error(`hashing thread ended (exit ${code})`)));
+    this.worker = worker;
+    return worker;
+  }
+
+  /** Follows the ingest file at `path` (empty at this point) as it is written. */
+  track(path: string): HashJob {
+    if (this.closed) throw new Error('the store is closed');
+    const worker = this.start();
+    const id = this.nextId++;
+    worker.postMessage({ type: 'open', id, path });
+    let ended = false;
+    return {
+      known: (index, hash) => {
+        if (!ended) worker.postMessage({ type: 'known', id, index, hash });
+      },
+      written: (size) => {
+        if (!ended) worker.postMessage({ type: 'upto', id, size });
+      },
+      finish: (size) => {
+        if (ended) return Promise.reject(new Error('the hash job has ended'));
+        ended = true;
+        if (this.worker !== worker) return Promise.reject(new Error('the hashing thread ended'));
+        return new Promise<IngestHash>((resolve, reject) => {
+          this.waiting.set(id, { resolve, reject });
+          worker.ref();
+          worker.postMessage({ type: 'finish', id, size });
+        });
+      },
+      drop: () => {
+        if (ended) return;
+        ended = true;
+        if (this.worker === worker) worker.postMessage({ type: 'drop', id });
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const worker = this.worker;
+    this.worker = undefined;
+    if (worker) await worker.terminate();
+  }
+}
