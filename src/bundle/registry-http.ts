@@ -84,21 +84,22 @@ export class RegistryHttp {
    */
   async send(req: HttpRequest): Promise<HttpAnswer> {
     const scope = this.scopeOf(req);
-    const sent = await this.authorize(() => this.auth.known(scope, { signal: req.signal }));
+    const sent = await this.authorize(req, () => this.auth.known(scope, { signal: req.signal }));
     const first = await this.once(req, sent?.header);
     if (first.status !== 401 || (req.body !== undefined && !Buffer.isBuffer(req.body))) return first;
-    const answer = await this.authorize(() => this.auth.answer(first.headers['www-authenticate'], scope, sent, { signal: req.signal }));
+    const answer = await this.authorize(req, () => this.auth.answer(first.headers['www-authenticate'], scope, sent, { signal: req.signal }));
     if (!answer) return first;
     const second = await this.once(req, answer.header);
     if (second.status === 401) this.auth.refused(answer);
     return second;
   }
 
-  /** Runs a step of authentication; without retries here, a token service's 5xx is simply unavailable. */
-  private async authorize(step: () => Promise<SentAuthorization | undefined>): Promise<SentAuthorization | undefined> {
+  /** Runs a step of authentication for `req`; without retries here, a token service's 5xx is simply unavailable. */
+  private async authorize(req: HttpRequest, step: () => Promise<SentAuthorization | undefined>): Promise<SentAuthorization | undefined> {
     try {
       return await step();
     } catch (err) {
+      if (req.signal?.aborted) throw new AbortedError(`${req.method} ${req.path} on ${this.url} was interrupted`);
       if (err instanceof RetryableFailure) throw err.error;
       throw err;
     }

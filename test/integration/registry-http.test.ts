@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { RegistryHttp, errorCodeOf, errorMessageOf, type RegistryHttpOptions } from '../../src/bundle/registry-http.ts';
-import { ShoalError, UnavailableError } from '../../src/oci/index.ts';
+import { AbortedError, ShoalError, UnavailableError } from '../../src/oci/index.ts';
 import { memoryImage, startMemoryRegistry, startTokenService, type MemoryImage, type MemoryRegistry, type TokenService } from '../helpers/memory-registry.ts';
 import { startTestServer } from '../helpers/seed-servers.ts';
 import { SEED_TEST_CERT, SEED_TEST_KEY } from '../helpers/seed-tls.ts';
@@ -105,6 +105,26 @@ describe('RegistryHttp and a registry behind a token service', () => {
       assert.match(err.message, new RegExp(`^token service ${gone.url} of ${behind.url} is unavailable: `));
       return true;
     });
+  });
+
+  it('is interrupted, not unavailable, when the caller aborts while the token service has not answered', async () => {
+    const controller = new AbortController();
+    const silent = resources.add(
+      await startTestServer(() => {
+        controller.abort();
+        // never answers
+      }),
+    );
+    const challenging = resources.add(
+      await startTestServer((_req, res) => void res.writeHead(401, { 'www-authenticate': `Bearer realm="${silent.url}/token",service="s"` }).end()),
+    );
+    const http = resources.http({ url: challenging.url, ...USER });
+    await assert.rejects(http.send({ method: 'GET', path: manifestPath('v1'), headers: accept, repository: REPO, signal: controller.signal }), (err: unknown) => {
+      assert.ok(err instanceof AbortedError, String(err));
+      assert.match(err.message, /was interrupted/);
+      return true;
+    });
+    assert.equal(silent.requests.length, 1);
   });
 });
 
