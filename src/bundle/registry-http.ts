@@ -1,11 +1,14 @@
 /**
  * A small OCI Distribution client for what SeedClient does not do: the referrers API of a source registry,
- * and pushing into a running node (upload sessions, mounts, manifests). Basic and bearer-token auth, TLS
- * options like a seed's, no retries (an import is resumable as a whole, and re-running it skips what is done).
+ * and pushing into a running node (upload sessions, mounts, manifests). Endpoint and TLS settings, Basic and
+ * bearer-token auth and the reading of error bodies are SeedClient's own (src/upstream); no retries (an import
+ * is resumable as a whole, and re-running it skips what is done).
  */
 import { request, type Agent, type Dispatcher } from 'undici';
 import { AbortedError, ShoalError, UnavailableError } from '../oci/index.ts';
-import { openRegistryEndpoint, parseAuthChallenges, readTokenResponse, type RegistryEndpointOptions } from '../upstream/index.ts';
+import { RegistryAuth, RetryableFailure, openRegistryEndpoint, type RegistryEndpointOptions, type SentAuthorization } from '../upstream/index.ts';
+
+export { errorCodeOf, errorMessageOf } from '../upstream/index.ts';
 
 export interface RegistryHttpOptions extends RegistryEndpointOptions {
   /** For requests without a (large) body: until the whole answer. Default 30 s. */
@@ -32,6 +35,7 @@ export interface HttpRequest {
 }
 
 const MAX_ANSWER_BYTES = 8 * 1024 * 1024;
+const USER_AGENT = 'shoal-bundle';
 
 function flatten(headers: Dispatcher.ResponseData['headers']): Record<string, string | undefined> {
   const out: Record<string, string | undefined> = {};
@@ -39,70 +43,72 @@ function flatten(headers: Dispatcher.ResponseData['headers']): Record<string, st
   return out;
 }
 
-/** The message of an OCI error body (`CODE: message`), or the start of the text. */
-export function errorMessageOf(body: Buffer): string {
-  const text = body.toString('utf8').trim();
-  try {
-    const first = (JSON.parse(text) as { errors?: Array<{ code?: string; message?: string }> }).errors?.[0];
-    if (first) return [first.code, first.message].filter(Boolean).join(': ');
-  } catch {
-    // not JSON
-  }
-  return text.replace(/\s+/g, ' ').slice(0, 200);
-}
-
-/** The OCI error code of an error body, if it has one. */
-export function errorCodeOf(body: Buffer): string | undefined {
-  try {
-    return (JSON.parse(body.toString('utf8')) as { errors?: Array<{ code?: string }> }).errors?.[0]?.code;
-  } catch {
-    return undefined;
-  }
-}
-
 export class RegistryHttp {
   readonly url: string;
   private readonly origin: string;
   private readonly agent: Agent;
-  private readonly basic?: string;
   private readonly timeoutMs: number;
-  /** Authorization that worked, by token scope ('' for basic). */
-  private readonly authorizations = new Map<string, string>();
+  private readonly auth: RegistryAuth;
 
   constructor(opts: RegistryHttpOptions) {
     const endpoint = openRegistryEndpoint(opts);
     this.url = endpoint.url;
     this.origin = endpoint.origin;
-    this.basic = endpoint.basicAuthorization;
     this.agent = endpoint.agent;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
+    this.auth = new RegistryAuth({
+      agent: this.agent,
+      basicAuthorization: endpoint.basicAuthorization,
+      username: opts.username,
+      userAgent: USER_AGENT,
+      name: this.url,
+      detail: { url: this.url },
+      hints: { wrongCredentials: 'check the username and password', noCredentials: 'give a username and password' },
+      timeoutMs: this.timeoutMs,
+      headersTimeoutMs: this.timeoutMs,
+      unreachable: (err, realm) => new UnavailableError(`token service ${realm.origin} of ${this.url} is unavailable: ${(err as Error).message}`, { url: this.url }),
+    });
   }
 
   async close(): Promise<void> {
     await this.agent.destroy();
   }
 
-  private scopeOf(req: HttpRequest): string {
-    return req.repository ? `repository:${req.repository}:${req.push ? 'pull,push' : 'pull'}` : '';
+  private scopeOf(req: HttpRequest): string | undefined {
+    return req.repository ? `repository:${req.repository}:${req.push ? 'pull,push' : 'pull'}` : undefined;
   }
 
-  /** Sends a request (answering one auth challenge when the body can be sent again) and reads the answer. */
+  /**
+   * Sends a request and reads the answer. Credentials the registry asked for before go with it; a 401 is
+   * answered once when the body can be sent again.
+   */
   async send(req: HttpRequest): Promise<HttpAnswer> {
     const scope = this.scopeOf(req);
-    const known = this.authorizations.get(scope) ?? this.authorizations.get('');
-    const first = await this.once(req, known);
+    const sent = await this.authorize(req, () => this.auth.known(scope, { signal: req.signal }));
+    const first = await this.once(req, sent?.header);
     if (first.status !== 401 || (req.body !== undefined && !Buffer.isBuffer(req.body))) return first;
-    const authorization = await this.answerChallenge(first.headers['www-authenticate'], scope, req.signal);
-    if (!authorization || authorization === known) return first;
-    const second = await this.once(req, authorization);
-    if (second.status !== 401) this.authorizations.set(authorization.startsWith('Basic') ? '' : scope, authorization);
+    const answer = await this.authorize(req, () => this.auth.answer(first.headers['www-authenticate'], scope, sent, { signal: req.signal }));
+    if (!answer) return first;
+    const second = await this.once(req, answer.header);
+    if (second.status === 401) this.auth.refused(answer);
     return second;
+  }
+
+  /** Runs a step of authentication for `req`; without retries here, a token service's 5xx is simply unavailable. */
+  private async authorize(req: HttpRequest, step: () => Promise<SentAuthorization | undefined>): Promise<SentAuthorization | undefined> {
+    try {
+      return await step();
+    } catch (err) {
+      if (req.signal?.aborted) throw new AbortedError(`${req.method} ${req.path} on ${this.url} was interrupted`);
+      if (err instanceof RetryableFailure) throw err.error;
+      throw err;
+    }
   }
 
   private async once(req: HttpRequest, authorization: string | undefined): Promise<HttpAnswer> {
     const url = req.path.startsWith('http://') || req.path.startsWith('https://') ? new URL(req.path) : new URL(this.url + req.path);
     if (url.origin !== this.origin) throw new UnavailableError(`${this.url} sent a location on another origin (${url.origin}); Shoal does not follow it`);
-    const headers: Record<string, string> = { 'user-agent': 'shoal-bundle', ...req.headers };
+    const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...req.headers };
     if (authorization) headers.authorization = authorization;
     const streaming = req.body !== undefined && !Buffer.isBuffer(req.body);
     const timeout = streaming ? undefined : AbortSignal.timeout(this.timeoutMs);
@@ -137,39 +143,5 @@ export class RegistryHttp {
       const why = timeout?.aborted ? `no answer within ${this.timeoutMs} ms` : `${(err as Error).message}${code ? ` [${code}]` : ''}${hint}`;
       throw new UnavailableError(`${this.url} is unavailable for ${req.method} ${url.pathname}: ${why}`, { url: this.url });
     }
-  }
-
-  private async answerChallenge(header: string | undefined, scope: string, signal?: AbortSignal): Promise<string | undefined> {
-    const challenges = parseAuthChallenges(header);
-    const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm);
-    if (bearer) {
-      const realm = new URL(bearer.params.realm!);
-      if (bearer.params.service) realm.searchParams.set('service', bearer.params.service);
-      const wanted = bearer.params.scope ?? scope;
-      if (wanted) realm.searchParams.set('scope', wanted);
-      const headers: Record<string, string> = { accept: 'application/json' };
-      if (this.basic) headers.authorization = this.basic;
-      let res: Dispatcher.ResponseData;
-      try {
-        res = await request(realm, { method: 'GET', headers, dispatcher: this.agent, signal, headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs });
-      } catch (err) {
-        throw new UnavailableError(`token service ${realm.origin} of ${this.url} is unavailable: ${(err as Error).message}`);
-      }
-      const text = await res.body.text();
-      if (res.statusCode !== 200) {
-        throw new ShoalError('UNAUTHORIZED', `token service of ${this.url} refused ${this.basic ? 'the credentials' : 'anonymous access'} (HTTP ${res.statusCode}); check the username and password`);
-      }
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(text);
-      } catch {
-        parsed = undefined;
-      }
-      const token = readTokenResponse(parsed, Date.now());
-      if (!token) throw new UnavailableError(`token service of ${this.url} answered without a token`);
-      return `Bearer ${token.token}`;
-    }
-    if (challenges.some((c) => c.scheme === 'basic') && this.basic) return this.basic;
-    return undefined;
   }
 }

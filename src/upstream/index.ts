@@ -18,3 +18,6 @@ export {
 } from './seed-client.ts';
 export { parseAuthChallenges, pullScope, readTokenResponse, type AuthChallenge } from './auth.ts';
 export { openRegistryEndpoint, type RegistryEndpoint, type RegistryEndpointOptions } from './endpoint.ts';
+export { RegistryAuth, type RegistryAuthOptions, type SentAuthorization } from './registry-auth.ts';
+export { errorCodeOf, errorMessageOf, readErrorMessage } from './error-body.ts';
+export { RetryableFailure } from './transport.ts';

@@ -23,7 +23,9 @@ import {
   validateRepositoryName,
   validateTag,
 } from '../oci/index.ts';
-import { BearerTokenCache, parseAuthChallenges, pullScope, readTokenResponse, type AuthChallenge } from './auth.ts';
+import { pullScope } from './auth.ts';
+import { readErrorMessage, registrySaid as said } from './error-body.ts';
+import { RegistryAuth, type SentAuthorization } from './registry-auth.ts';
 import { openRegistryEndpoint, type RegistryEndpointOptions } from './endpoint.ts';
 import { AttemptDeadline, RetryableFailure, backoffDelay, classifyFailure, parseRetryAfter } from './transport.ts';
 import { exactLengthBytes, verifiedBlobBytes, type ByteRange } from './verified-bytes.ts';
@@ -44,8 +46,6 @@ export const DEFAULT_RETRIES = 3;
 export const DEFAULT_RETRY_DELAY_MS = 250;
 const MAX_RETRY_DELAY_MS = 10_000;
 const MAX_REDIRECTS = 5;
-const MAX_ERROR_BODY_BYTES = 16 * 1024;
-const MAX_TOKEN_BODY_BYTES = 1024 * 1024;
 
 /** The part of a pino logger SeedClient uses. */
 export interface SeedLogger {
@@ -116,14 +116,6 @@ interface SeedResponse {
   url: URL;
 }
 
-/** The Authorization a request carried, to know what a 401 refused. */
-interface SentAuthorization {
-  header: string;
-  kind: 'basic' | 'bearer';
-  /** Token-cache key of a bearer token. */
-  key?: string;
-}
-
 /** One logical request to the seed: what to send and how to describe it. */
 interface Exchange {
   method: 'GET' | 'HEAD';
@@ -183,48 +175,12 @@ async function readBody(body: Dispatcher.ResponseData['body'], limit: number, to
   return Buffer.concat(chunks, size);
 }
 
-/** The first part of an error body as a short message: the registry's `errors[0]` when it is OCI error JSON. */
-async function readErrorMessage(response: SeedResponse): Promise<string> {
-  let text = '';
-  try {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of response.body) {
-      const buf = Buffer.from(chunk as Uint8Array);
-      chunks.push(buf);
-      size += buf.length;
-      if (size >= MAX_ERROR_BODY_BYTES) {
-        dropBody(response.body);
-        break;
-      }
-    }
-    text = Buffer.concat(chunks).toString('utf8', 0, Math.min(size, MAX_ERROR_BODY_BYTES)).trim();
-  } catch {
-    return '';
-  }
-  if (!text) return '';
-  try {
-    const parsed = JSON.parse(text) as { errors?: Array<{ code?: unknown; message?: unknown }> };
-    const first = parsed.errors?.[0];
-    if (first && (typeof first.code === 'string' || typeof first.message === 'string')) {
-      return [first.code, first.message].filter((x) => typeof x === 'string' && x).join(': ');
-    }
-  } catch {
-    // not JSON: use the text
-  }
-  return text.replace(/\s+/g, ' ').slice(0, 200);
-}
-
 async function discard(response: SeedResponse): Promise<void> {
   try {
     await response.body.dump({ limit: 64 * 1024 });
   } catch {
     // the connection is dropped instead of reused; nothing to report
   }
-}
-
-function said(registryMessage: string): string {
-  return registryMessage ? `; the registry said "${registryMessage}"` : '';
 }
 
 /** A client for one seed registry. Holds a connection pool: call `close()` when done. */
@@ -244,11 +200,7 @@ export class SeedClient {
   private readonly retryDelayMs: number;
   private readonly userAgent: string;
   private readonly logger?: SeedLogger;
-  private readonly tokens = new BearerTokenCache();
-  /** What the seed asked for last time it challenged: after that, credentials go with the first request. */
-  private learnedAuth?: { kind: 'basic' } | { kind: 'bearer'; realm: string; service?: string };
-  /** The scope the token service named for a repository, when it differs from the usual pull scope. */
-  private readonly scopes = new Map<string, string>();
+  private readonly auth: RegistryAuth;
 
   constructor(options: SeedClientOptions) {
     const endpoint = openRegistryEndpoint(options, 'seed');
@@ -265,6 +217,16 @@ export class SeedClient {
     this.retryDelayMs = options.retryDelayMs ?? DEFAULT_RETRY_DELAY_MS;
     this.userAgent = options.userAgent ?? 'shoal';
     this.logger = options.logger;
+    this.auth = new RegistryAuth({
+      agent: this.agent,
+      basicAuthorization: this.basicAuthorization,
+      username: this.username,
+      userAgent: this.userAgent,
+      name: `seed ${this.url}`,
+      detail: { seed: this.url },
+      hints: { wrongCredentials: 'check the username and password configured for this seed', noCredentials: 'configure a username and password for this seed' },
+      timeoutMs: this.metadataTimeoutMs,
+    });
   }
 
   /** Releases every connection; requests and streams still running fail. */
@@ -570,7 +532,7 @@ export class SeedClient {
         response = answer.response;
         if (exchange.accept.includes(response.status)) return await consume({ response, attempt });
         if (response.status >= 500 || response.status === 429) {
-          const message = await readErrorMessage(response);
+          const message = await readErrorMessage(response.body);
           throw new RetryableFailure(
             new UnavailableError(
               `seed ${this.url} answered ${exchange.what} with HTTP ${response.status}${response.status === 429 ? ' (too many requests)' : ''}${said(message)}`,
@@ -604,13 +566,13 @@ export class SeedClient {
 
   /** Sends the exchange with the credentials the seed is known to want, and answers one 401 challenge. */
   private async authorizedRequest(exchange: Exchange, attempt: AttemptDeadline): Promise<{ response: SeedResponse; sent?: SentAuthorization }> {
-    const sent = await this.knownAuthorization(exchange, attempt);
+    const scope = exchange.repository ? pullScope(exchange.repository) : undefined;
+    const sent = await this.auth.known(scope, attempt);
     const response = await this.send(exchange, sent?.header, attempt);
     if (response.status !== 401 || response.url.origin !== this.origin) return { response, sent };
-    const challenges = parseAuthChallenges(response.headers['www-authenticate']);
     let answer: SentAuthorization | undefined;
     try {
-      answer = await this.answerChallenge(challenges, exchange, sent, attempt);
+      answer = await this.auth.answer(response.headers['www-authenticate'], scope, sent, attempt);
     } catch (err) {
       dropBody(response.body);
       throw err;
@@ -618,101 +580,8 @@ export class SeedClient {
     if (!answer) return { response, sent };
     await discard(response);
     const retried = await this.send(exchange, answer.header, attempt);
-    if (retried.status === 401 && answer.key) this.tokens.delete(answer.key);
+    if (retried.status === 401) this.auth.refused(answer);
     return { response: retried, sent: answer };
-  }
-
-  /** Credentials to send up front, once a challenge has told which kind the seed wants. */
-  private async knownAuthorization(exchange: Exchange, attempt: AttemptDeadline): Promise<SentAuthorization | undefined> {
-    const learned = this.learnedAuth;
-    if (!learned) return undefined;
-    if (learned.kind === 'basic') return this.basicAuthorization ? { header: this.basicAuthorization, kind: 'basic' } : undefined;
-    const scope = exchange.repository ? (this.scopes.get(exchange.repository) ?? pullScope(exchange.repository)) : undefined;
-    const key = BearerTokenCache.key(learned.realm, learned.service, scope);
-    const token = this.tokens.get(key) ?? (await this.fetchToken(learned.realm, learned.service, scope, key, attempt));
-    return { header: `Bearer ${token}`, kind: 'bearer', key };
-  }
-
-  /** The Authorization that answers a 401, or undefined when there is nothing (more) to try. */
-  private async answerChallenge(
-    challenges: AuthChallenge[],
-    exchange: Exchange,
-    sent: SentAuthorization | undefined,
-    attempt: AttemptDeadline,
-  ): Promise<SentAuthorization | undefined> {
-    const bearer = challenges.find((c) => c.scheme === 'bearer' && c.params.realm);
-    if (bearer) {
-      const realm = bearer.params.realm!;
-      const service = bearer.params.service;
-      const scope = bearer.params.scope ?? (exchange.repository ? pullScope(exchange.repository) : undefined);
-      this.learnedAuth = { kind: 'bearer', realm, service };
-      if (exchange.repository && bearer.params.scope) this.scopes.set(exchange.repository, bearer.params.scope);
-      const key = BearerTokenCache.key(realm, service, scope);
-      this.tokens.delete(key);
-      if (sent?.kind === 'bearer' && sent.key === key && bearer.params.error === 'insufficient_scope') return undefined;
-      const token = await this.fetchToken(realm, service, scope, key, attempt);
-      return { header: `Bearer ${token}`, kind: 'bearer', key };
-    }
-    if (challenges.some((c) => c.scheme === 'basic') && this.basicAuthorization && sent?.kind !== 'basic') {
-      this.learnedAuth = { kind: 'basic' };
-      return { header: this.basicAuthorization, kind: 'basic' };
-    }
-    return undefined;
-  }
-
-  /** Asks the token service for a token for `scope` (with basic credentials when configured) and caches it. */
-  private async fetchToken(realm: string, service: string | undefined, scope: string | undefined, key: string, attempt: AttemptDeadline): Promise<string> {
-    let url: URL;
-    try {
-      url = new URL(realm);
-    } catch {
-      throw new UnavailableError(`seed ${this.url} named a token realm ${JSON.stringify(realm)} that is not a URL`, { seed: this.url });
-    }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-      throw new UnavailableError(`seed ${this.url} named a token realm ${realm} that is not http(s)`, { seed: this.url });
-    }
-    if (service) url.searchParams.set('service', service);
-    if (scope) url.searchParams.set('scope', scope);
-    const headers: Record<string, string> = { accept: 'application/json', 'user-agent': this.userAgent };
-    if (this.basicAuthorization) headers.authorization = this.basicAuthorization;
-    const res = await request(url, { method: 'GET', headers, signal: attempt.signal, dispatcher: this.agent, bodyTimeout: this.metadataTimeoutMs });
-    const response: SeedResponse = { status: res.statusCode, headers: res.headers, body: res.body, url };
-    const who = this.username !== undefined ? `the credentials of user "${this.username}"` : 'anonymous access';
-    if (response.status === 200) {
-      const body = await readBody(response.body, MAX_TOKEN_BODY_BYTES, () => {
-        throw new UnavailableError(`token service ${realm} of seed ${this.url} sent an oversized answer`, { seed: this.url });
-      });
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(body.toString('utf8'));
-      } catch {
-        parsed = undefined;
-      }
-      const token = readTokenResponse(parsed, Date.now());
-      if (!token) throw new UnavailableError(`token service ${realm} of seed ${this.url} answered without a token`, { seed: this.url, realm });
-      this.tokens.set(key, token);
-      return token.token;
-    }
-    const message = await readErrorMessage(response);
-    if (response.status >= 500 || response.status === 429) {
-      throw new RetryableFailure(
-        new UnavailableError(`token service ${realm} of seed ${this.url} answered HTTP ${response.status}${said(message)}`, { seed: this.url, realm, status: response.status }),
-        parseRetryAfter(response.headers['retry-after']),
-      );
-    }
-    if (response.status === 401 || response.status === 403) {
-      throw new ShoalError(
-        'UNAUTHORIZED',
-        `token service ${realm} of seed ${this.url} refused ${who} for ${scope ?? 'access'} (HTTP ${response.status}${said(message)}): ` +
-          (this.username !== undefined ? 'check the username and password configured for this seed' : 'configure a username and password for this seed'),
-        { seed: this.url, realm, scope, status: response.status },
-      );
-    }
-    throw new UnavailableError(`token service ${realm} of seed ${this.url} answered HTTP ${response.status}${said(message)}`, {
-      seed: this.url,
-      realm,
-      status: response.status,
-    });
   }
 
   /** One request, following redirects; Authorization goes only to the seed's own origin. */
@@ -748,7 +617,7 @@ export class SeedClient {
 
   /** The error for a status outside the exchange's `accept`; reads the body for the registry's own words. */
   private async statusError(exchange: Exchange, response: SeedResponse, sent: SentAuthorization | undefined): Promise<Error> {
-    const message = await readErrorMessage(response);
+    const message = await readErrorMessage(response.body);
     const status = response.status;
     const detail = { seed: this.url, status, repository: exchange.repository };
     const elsewhere = response.url.origin !== this.origin ? ` (redirected to ${response.url.origin})` : '';
