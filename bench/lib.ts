@@ -5,7 +5,7 @@
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { availableParallelism, loadavg } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -243,6 +243,20 @@ export async function cpuMs(pid: number, thread?: number): Promise<number> {
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
 }
 
+/** CPU ms of every thread of a process, by thread id, with the thread's name. */
+async function threadCpu(pid: number): Promise<Map<string, { name: string; ms: number; user: number; sys: number }>> {
+  const out = new Map<string, { name: string; ms: number; user: number; sys: number }>();
+  for (const tid of await readdir(`/proc/${pid}/task`)) {
+    const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => '');
+    if (!stat) continue;
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const [user, sys] = [Number(fields[11]) * 10, Number(fields[12]) * 10];
+    const name = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')).replace(/\d+$/, '#');
+    out.set(tid, { name: `${tid === String(pid) ? 'main' : name}`, ms: user + sys, user, sys });
+  }
+  return out;
+}
+
 /**
  * Runs `fn` (which returns the bytes it moved) and gives MB/s, the process's CPU ms per MiB, and its main
  * thread's: the JavaScript thread is the one that cannot spread over cores, so 1000 ÷ that is the MB/s the node
@@ -250,9 +264,21 @@ export async function cpuMs(pid: number, thread?: number): Promise<number> {
  */
 export async function cpuPerMiB(pid: number, fn: () => Promise<number>): Promise<{ mbps: number; cpuMsPerMiB: number; mainMsPerMiB: number }> {
   const [c0, m0] = [await cpuMs(pid), await cpuMs(pid, pid)];
+  const threads0 = process.env.BENCH_THREADS ? await threadCpu(pid) : undefined;
   const t = process.hrtime.bigint();
   const bytes = await fn();
   const s = Number(process.hrtime.bigint() - t) / 1e9;
   const [c1, m1] = [await cpuMs(pid), await cpuMs(pid, pid)];
+  if (threads0) {
+    // BENCH_THREADS=1: where the process's CPU went, by thread name, in ms per MiB.
+    const mib = bytes / MIB;
+    const rows: string[] = [];
+    for (const [tid, now] of await threadCpu(pid)) {
+      const was = threads0.get(tid) ?? { user: 0, sys: 0 };
+      const [user, sys] = [(now.user - was.user) / mib, (now.sys - was.sys) / mib];
+      if (user + sys >= 0.05) rows.push(`${now.name}/${tid} user ${user.toFixed(2)} sys ${sys.toFixed(2)}`);
+    }
+    process.stderr.write(`threads of ${pid}, CPU ms per MiB: ${rows.join('; ')}\n`);
+  }
   return { mbps: bytes / MIB / s, cpuMsPerMiB: (c1 - c0) / (bytes / MIB), mainMsPerMiB: (m1 - m0) / (bytes / MIB) };
 }
