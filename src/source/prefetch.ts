@@ -67,9 +67,8 @@ async function prefetchOne(pull: PullThrough, store: ContentStore, text: string,
       const info = await pull.blob(target, b.digest, { signal: opts.signal, size: b.size });
       let source: 'local' | 'peer' | 'seed' | 'peer+seed' = 'local';
       if (info.source === 'fetch') {
-        // Reading the fetch to its end waits until the blob is verified and committed.
-        const stream = await info.open(undefined, { signal: opts.signal });
-        for await (const piece of stream as AsyncIterable<Uint8Array>) void piece;
+        // Waits until the blob is verified and committed; no byte of it is read back.
+        await info.stored!({ signal: opts.signal });
         source = info.origin?.() ?? 'seed';
         fetchedBytes += b.size;
       }
