@@ -8,11 +8,10 @@
  * not know its peers' HTTP addresses.
  */
 import type { Logger } from 'pino';
-import { InvalidError, parseReference } from './oci/index.ts';
-import { askControl, serveControl, MAX_PREFETCH_REFS } from './p2p/control.ts';
+import { askControl, serveControl } from './p2p/control.ts';
 import type { PeerService } from './p2p/peer-service.ts';
 import { PROTOCOLS } from './p2p/types.ts';
-import { prefetchImages, type PrefetchOutcome } from './source/prefetch.ts';
+import { checkPrefetchReferences, prefetchImages, type PrefetchOutcome } from './source/prefetch.ts';
 import type { PullThrough } from './source/pull-through.ts';
 import type { ContentStore, IoOptions } from './store/index.ts';
 
@@ -87,21 +86,6 @@ export class NodeControl {
     return { self, peers };
   }
 
-  /** Checks references before any work starts: InvalidError (400) for the first that is not one. */
-  static checkReferences(refs: unknown): string[] {
-    if (!Array.isArray(refs) || refs.length === 0) throw new InvalidError('NAME_INVALID', 'name at least one image to prefetch: {"refs":["registry.local:5000/team/app:1.4"]}');
-    if (refs.length > MAX_PREFETCH_REFS) throw new InvalidError('NAME_INVALID', `at most ${MAX_PREFETCH_REFS} images per prefetch`);
-    return refs.map((r) => {
-      if (typeof r !== 'string') throw new InvalidError('NAME_INVALID', 'image references are strings');
-      try {
-        parseReference(r);
-      } catch (err) {
-        throw new InvalidError('NAME_INVALID', `${JSON.stringify(r.slice(0, 200))} is not an image reference: ${(err as Error).message}`);
-      }
-      return r;
-    });
-  }
-
   private prefetchHere(refs: string[], pin: boolean, progress: (event: Record<string, unknown>) => void, opts: IoOptions): Promise<PrefetchOutcome[]> {
     return prefetchImages(this.opts.pull, this.opts.store, refs, { pin, pinReason: 'prefetch', signal: opts.signal, onEvent: (e) => progress({ ...e }) });
   }
@@ -115,7 +99,7 @@ export class NodeControl {
     progress: (event: Record<string, unknown>) => void,
     opts: IoOptions = {},
   ): Promise<{ nodes: Array<{ node: string; ok: boolean; outcomes?: PrefetchOutcome[]; error?: string }> }> {
-    const refs = NodeControl.checkReferences(request.refs);
+    const refs = checkPrefetchReferences(request.refs);
     const network = this.opts.peers;
     const selfName = network?.selfId || 'this node';
     const jobs: Array<Promise<{ node: string; ok: boolean; outcomes?: PrefetchOutcome[]; error?: string }>> = [];

@@ -80,14 +80,47 @@ export async function countImages(store: ContentStore, opts: ListImagesOptions =
 export async function listImages(store: ContentStore, opts: ListImagesOptions = {}): Promise<ImageSummary[]> {
   const [rows, entries] = await Promise.all([imageRows(store, opts), store.listEntries(opts)]);
   const content = new Map(entries.map((e) => [e.digest, e]));
+  // Each manifest and config is read once per listing, however many images share it (a platform manifest under two
+  // indexes, one image in two repositories).
+  const manifestBytes = new Map<string, Promise<Buffer | undefined>>();
+  const parsedManifests = new Map<string, ParsedManifest | undefined>();
   const parsed = async (digest: string, mediaType: string): Promise<ParsedManifest | undefined> => {
-    try {
-      const stream = await store.readContent(digest, undefined, { signal: opts.signal, touch: false });
-      const bytes = Buffer.from(await text(stream), 'utf8');
-      return parseManifest(bytes, mediaType);
-    } catch {
-      return undefined;
+    const key = `${mediaType} ${digest}`;
+    if (parsedManifests.has(key)) return parsedManifests.get(key);
+    let bytes = manifestBytes.get(digest);
+    if (!bytes) {
+      bytes = store
+        .readContent(digest, undefined, { signal: opts.signal, touch: false })
+        .then(async (stream) => Buffer.from(await text(stream), 'utf8'))
+        .catch(() => undefined);
+      manifestBytes.set(digest, bytes);
     }
+    let result: ParsedManifest | undefined;
+    try {
+      const b = await bytes;
+      result = b ? parseManifest(b, mediaType) : undefined;
+    } catch {
+      result = undefined;
+    }
+    parsedManifests.set(key, result);
+    return result;
+  };
+  const configPlatforms = new Map<string, Promise<string | undefined>>();
+  const configPlatform = (digest: string): Promise<string | undefined> => {
+    let platform = configPlatforms.get(digest);
+    if (!platform) {
+      platform = (async () => {
+        try {
+          const config = JSON.parse(await text(await store.readContent(digest, undefined, { signal: opts.signal, touch: false }))) as Record<string, unknown>;
+          return platformText(config);
+        } catch {
+          // an artifact's config need not be JSON of an image
+          return undefined;
+        }
+      })();
+      configPlatforms.set(digest, platform);
+    }
+    return platform;
   };
   const out: ImageSummary[] = [];
   for (const { entry, tags: names, pin } of rows.values()) {
@@ -119,13 +152,8 @@ export async function listImages(store: ContentStore, opts: ListImagesOptions = 
     } else if (root) {
       await addImage(root);
       if (root.config && content.has(root.config.digest) && root.config.size <= MAX_CONFIG_BYTES) {
-        try {
-          const config = JSON.parse(await text(await store.readContent(root.config.digest, undefined, { signal: opts.signal, touch: false }))) as Record<string, unknown>;
-          const shown = platformText(config);
-          if (shown) platforms.push(shown);
-        } catch {
-          // an artifact's config need not be JSON of an image
-        }
+        const shown = await configPlatform(root.config.digest);
+        if (shown) platforms.push(shown);
       }
     }
     const accessed = [...blobs.keys()].map((d) => content.get(d)?.accessed ?? 0);

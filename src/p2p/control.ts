@@ -11,8 +11,9 @@ import { framed, readJson, writeJson, ProtocolViolation } from './wire.ts';
 
 /** Largest control frame: a node's summary or one progress event. */
 export const MAX_CONTROL_FRAME = 256 * 1024;
-/** Most references one prefetch request may carry. */
-export const MAX_PREFETCH_REFS = 100;
+import { MAX_PREFETCH_REFS } from './types.ts';
+
+export { MAX_PREFETCH_REFS };
 const MAX_REF_LENGTH = 512;
 
 export type ControlRequest = { op: 'status' } | { op: 'prefetch'; refs: string[]; pin: boolean };

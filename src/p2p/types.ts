@@ -3,6 +3,9 @@ import type { ByteRange, IoOptions, TagRecord, VerifyOutcome } from '../store/in
 
 export { CHUNK_SIZE } from '../oci/index.ts';
 
+/** Most references one prefetch request may carry (over HTTP or the control protocol). */
+export const MAX_PREFETCH_REFS = 100;
+
 export const PROTOCOLS = {
   chunk: '/shoal/chunk/1.0.0',
   chunkMap: '/shoal/chunkmap/1.0.0',

@@ -136,11 +136,13 @@ export class PolicyEngine {
 
   /**
    * Judges the root `digest` of `repository` (the image `name`, as scopes see it), keeps the decision, counts it
-   * and logs a refusal. `fresh` judges again even when a verdict is kept (what `verify-image` asks).
+   * and logs a refusal. A kept verdict that let the image through answers without judging again; a kept refusal is
+   * judged again (a signature may have come since). `fresh` judges again even when a verdict is kept (what
+   * `verify-image` asks). The answer's `fresh` says whether it was judged now (false: a kept verdict).
    */
-  async decide(repository: string, name: string, digest: string, source: SignatureSource, opts: { signal?: AbortSignal; fresh?: boolean } = {}): Promise<Decision> {
+  async decide(repository: string, name: string, digest: string, source: SignatureSource, opts: { signal?: AbortSignal; fresh?: boolean } = {}): Promise<Decision & { fresh: boolean }> {
     const kept = opts.fresh ? undefined : this.kept(repository, digest);
-    if (kept) return kept;
+    if (kept && kept.result !== 'denied') return { ...kept, fresh: false };
     const generation = this.generation;
     const policy = this.policy;
     const verdict = await judgeImage(source, name, digest, ruleFor(policy, name), opts);
@@ -161,7 +163,7 @@ export class PolicyEngine {
       s.verdicts.set(digest, decision);
       if (result !== 'denied') s.reach.add(digest);
     }
-    return decision;
+    return { ...decision, fresh: true };
   }
 
   /** Counts a decision made elsewhere (an import judged against a bundle's content). */

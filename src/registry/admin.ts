@@ -3,6 +3,7 @@ import { PassThrough } from 'node:stream';
 import { durationMs } from '../limits/duration.ts';
 import { parseSince, readAudit, type AuditEntry, type AuditFilter } from '../access/index.ts';
 import { InvalidError, NotFoundError, UnsupportedError } from '../oci/index.ts';
+import { checkPrefetchReferences } from '../source/prefetch.ts';
 import type { RegistryDeps, RegistryState } from './context.ts';
 
 /** Paths handleAdmin answers. */
@@ -60,31 +61,20 @@ async function handleViews(ctx: Context, deps: RegistryDeps): Promise<boolean> {
     if (!admin?.prefetch) throw new UnsupportedError('this node cannot prefetch');
     const body = (await readJsonBody(ctx, MAX_PREFETCH_BODY)) as { refs?: unknown; allNodes?: unknown; pin?: unknown } | null;
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new InvalidError('NAME_INVALID', 'send {"refs":[...],"allNodes":bool,"pin":bool}');
-    const request = { refs: body.refs as string[], allNodes: body.allNodes === true, pin: body.pin === true };
+    const allNodes = body.allNodes === true;
+    const pin = body.pin === true;
     if (Array.isArray(body.refs)) {
       const refs = body.refs.slice(0, 20).map((r) => String(r).slice(0, 200)).join(' ');
-      (ctx.state as RegistryState).auditDetail = `${refs}${body.refs.length > 20 ? ' ...' : ''}${request.allNodes ? ' on every node' : ''}${request.pin ? ', pinned' : ''}`;
+      (ctx.state as RegistryState).auditDetail = `${refs}${body.refs.length > 20 ? ' ...' : ''}${allNodes ? ' on every node' : ''}${pin ? ', pinned' : ''}`;
     }
-    const run = admin.prefetch;
+    // Bad references are refused (an OCI error with its status) before any work starts and anything is sent.
+    const request = { refs: checkPrefetchReferences(body.refs), allNodes, pin };
     // Progress goes out as JSON lines while the work runs; the last line is the result (or the error).
     const out = new PassThrough();
     const line = (value: unknown): void => {
       if (!out.writableEnded) out.write(JSON.stringify(value) + '\n');
     };
-    // Bad references are refused (an OCI error with its status) before anything is sent: the answer starts with
-    // the first progress event, or with the end when there is none.
-    let firstEvent!: () => void;
-    const streaming = new Promise<'streaming'>((resolve) => (firstEvent = () => resolve('streaming')));
-    const started = run(
-      request,
-      (event) => {
-        line({ event: 'progress', ...event });
-        firstEvent();
-      },
-      { signal },
-    );
-    const early = await Promise.race([started.then(() => 'done' as const, (err: unknown) => ({ err })), streaming]);
-    if (typeof early === 'object') throw early.err;
+    const started = admin.prefetch(request, (event) => line({ event: 'progress', ...event }), { signal });
     ctx.status = 200;
     ctx.type = 'application/x-ndjson';
     ctx.body = out;

@@ -2,7 +2,7 @@ import type { Context } from 'koa';
 import { Digest, UnsupportedError } from '../oci/index.ts';
 import type { RegistryDeps, RouteParams, RegistryState } from './context.ts';
 import { parseRangeHeader } from './http.ts';
-import { countBytes } from './streams.ts';
+import { countWritten } from './streams.ts';
 import { emptyResponse, requireRepository } from './repositories.ts';
 import { gateBlob } from './policy.ts';
 
@@ -37,6 +37,8 @@ export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams):
   }
   const stream = await info.open(range, { signal: state.signal });
   ctx.length = length;
+  // What reached the client's socket, not what was read for it: a client that goes away mid-way is not counted
+  // for the bytes still buffered for it.
   let sent = 0;
   if (deps.traffic) {
     const traffic = deps.traffic;
@@ -44,12 +46,13 @@ export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams):
       traffic.recordPull({ at: Date.now(), repository: p.name, digest, bytes: sent, source: info.source === 'local' ? 'local' : (info.origin?.() ?? 'seed'), complete: ctx.res.writableFinished }),
     );
   }
-  ctx.body = countBytes(stream, (n) => {
+  countWritten(ctx.res, (n) => {
     sent += n;
     deps.metrics.servedBytes.inc({ kind: 'blob' }, n);
     // Fetched bytes are counted by the fetch as they arrive (from peers or the seed), once however many clients.
     if (info.source === 'local') deps.pullMetrics.pullBytes.inc({ source: 'local' }, n);
   });
+  ctx.body = stream;
 }
 
 /** DELETE /v2/<name>/blobs/<digest>. */

@@ -138,18 +138,12 @@ export async function gateManifest(ctx: Context, deps: RegistryDeps, p: RoutePar
     engine.extendReach(p.name, bytes);
     return;
   }
-  const { decision, fresh } = await judge(engine, deps, target, record.digest, signal);
+  // The engine answers with the verdict it keeps for the image, or judges it (again, after a refusal).
+  const decision = await engine.decide(target.repository, name, record.digest, new PullSignatureSource(deps, target), { signal });
   // The audit log records refusals, and each image served in warn mode once (when it was judged).
-  if (decision.result === 'denied' || (fresh && decision.result === 'warned')) audit(ctx, deps, p, decision);
+  if (decision.result === 'denied' || (decision.fresh && decision.result === 'warned')) audit(ctx, deps, p, decision);
   if (decision.result === 'denied') throw policyDenial(decision);
   engine.extendReach(p.name, bytes);
-}
-
-/** A kept verdict that let the image through, else a fresh judgement (a refusal is judged again: a signature may come). */
-async function judge(engine: PolicyEngine, deps: RegistryDeps, target: RepositoryTarget, digest: string, signal: AbortSignal | undefined): Promise<{ decision: Decision; fresh: boolean }> {
-  const kept = engine.kept(target.repository, digest);
-  if (kept && kept.result !== 'denied') return { decision: kept, fresh: false };
-  return { decision: await engine.decide(target.repository, policyImageName(target), digest, new PullSignatureSource(deps, target), { signal, fresh: true }), fresh: true };
 }
 
 /** Before a blob goes out: only as part of an image the policy let through. */

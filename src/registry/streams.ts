@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 
 /**
@@ -28,4 +29,32 @@ export async function* countIterable(source: AsyncIterable<Uint8Array>, report: 
     report(chunk.length);
     yield chunk;
   }
+}
+
+/**
+ * Reports the body bytes of a response as they are written to its socket: each chunk once its write is done (the
+ * kernel took all of it), never a chunk the response only buffered, or that was still being written when the client
+ * went away. A complete response reports exactly its body; one cut short reports what reached the socket. A report
+ * that fails is ignored; nothing may throw out of it.
+ */
+export function countWritten(res: ServerResponse, report: (n: number) => void): void {
+  const write = res.write;
+  const socket = res.socket;
+  const counted = function (this: ServerResponse, chunk: unknown, encoding?: unknown, callback?: unknown): boolean {
+    const cb = typeof encoding === 'function' ? encoding : callback;
+    const enc = typeof encoding === 'function' ? undefined : encoding;
+    const n = typeof chunk === 'string' ? Buffer.byteLength(chunk, (enc as BufferEncoding | undefined) ?? 'utf8') : ((chunk as { length?: number } | null)?.length ?? 0);
+    return write.call(this, chunk, enc as BufferEncoding, (err?: Error | null) => {
+      // A write still under way when the socket is destroyed is called back without an error: not written.
+      if (!err && n > 0 && !socket?.destroyed) {
+        try {
+          report(n);
+        } catch {
+          // metrics are not worth a response
+        }
+      }
+      if (typeof cb === 'function') (cb as (err?: Error | null) => void)(err);
+    });
+  };
+  res.write = counted as typeof res.write;
 }

@@ -5,7 +5,8 @@
  * seed once, the others take it from that owner), and what is already here costs nothing.
  */
 import { text } from 'node:stream/consumers';
-import { parseManifest, parseReference, type Descriptor, type ParsedManifest } from '../oci/index.ts';
+import { InvalidError, parseManifest, parseReference, type Descriptor, type ParsedManifest } from '../oci/index.ts';
+import { MAX_PREFETCH_REFS } from '../p2p/types.ts';
 import type { ContentStore, IoOptions } from '../store/index.ts';
 import type { PullThrough, RepositoryTarget } from './pull-through.ts';
 
@@ -35,6 +36,21 @@ export interface PrefetchOptions extends IoOptions {
   /** Blobs fetched at once (default 3). */
   parallel?: number;
   onEvent?: (event: PrefetchEvent) => void;
+}
+
+/** Checks references before any work starts: InvalidError (400) for the first that is not one. */
+export function checkPrefetchReferences(refs: unknown): string[] {
+  if (!Array.isArray(refs) || refs.length === 0) throw new InvalidError('NAME_INVALID', 'name at least one image to prefetch: {"refs":["registry.local:5000/team/app:1.4"]}');
+  if (refs.length > MAX_PREFETCH_REFS) throw new InvalidError('NAME_INVALID', `at most ${MAX_PREFETCH_REFS} images per prefetch`);
+  return refs.map((r) => {
+    if (typeof r !== 'string') throw new InvalidError('NAME_INVALID', 'image references are strings');
+    try {
+      parseReference(r);
+    } catch (err) {
+      throw new InvalidError('NAME_INVALID', `${JSON.stringify(r.slice(0, 200))} is not an image reference: ${(err as Error).message}`);
+    }
+    return r;
+  });
 }
 
 async function manifestBytes(store: ContentStore, digest: string, mediaType: string, opts: IoOptions): Promise<ParsedManifest> {
@@ -67,9 +83,8 @@ async function prefetchOne(pull: PullThrough, store: ContentStore, text: string,
       const info = await pull.blob(target, b.digest, { signal: opts.signal, size: b.size });
       let source: 'local' | 'peer' | 'seed' | 'peer+seed' = 'local';
       if (info.source === 'fetch') {
-        // Reading the fetch to its end waits until the blob is verified and committed.
-        const stream = await info.open(undefined, { signal: opts.signal });
-        for await (const piece of stream as AsyncIterable<Uint8Array>) void piece;
+        // Waits until the blob is verified and committed; no byte of it is read back.
+        await info.stored!({ signal: opts.signal });
         source = info.origin?.() ?? 'seed';
         fetchedBytes += b.size;
       }

@@ -321,7 +321,7 @@ export class PullThrough {
     if (!seeds && !network) throw new NotFoundError('BLOB_UNKNOWN', `blob ${digest} is not in repository ${target.repository}`, { digest });
     const fetch = this.startFetch(target, digest, seeds, true, opts.size);
     const size = await untilAborted(fetch.size, opts.signal);
-    return { size, source: 'fetch', origin: () => fetch.origin, open: async (range, o) => fetch.read(range, o) };
+    return { size, source: 'fetch', origin: () => fetch.origin, stored: (o) => untilAborted(fetch.done, o?.signal), open: async (range, o) => fetch.read(range, o) };
   }
 
   /** A stored blob's bytes for a client; cut if the blob is found corrupt meanwhile. */

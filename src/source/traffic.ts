@@ -14,7 +14,7 @@ export interface PullRecord {
   at: number;
   repository: string;
   digest: string;
-  /** Bytes sent to the client. */
+  /** Bytes written to the client's socket (a pull cut short counts what reached the socket, not what was read for it). */
   bytes: number;
   /** local: from the store; peer, seed or peer+seed: fetched for this pull (or joined a fetch in flight). */
   source: 'local' | 'peer' | 'seed' | 'peer+seed';

@@ -30,6 +30,11 @@ export interface BlobResponse {
   source: 'local' | 'fetch';
   /** For a fetch: where its bytes came from so far (peers, the seed, or both). */
   origin?: () => 'peer' | 'seed' | 'peer+seed';
+  /**
+   * For a fetch: resolves once the blob is verified and committed to the store (rejects with what failed the fetch,
+   * or when `opts.signal` aborts; the fetch goes on). Waiting on it reads no bytes.
+   */
+  stored?: (opts?: IoOptions) => Promise<void>;
   /** The bytes of `range` (or of the whole blob). Fails mid-way if a fetch turns out corrupt. */
   open(range: ByteRange | undefined, opts?: IoOptions): Promise<Readable>;
 }

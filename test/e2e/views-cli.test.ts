@@ -125,6 +125,10 @@ describe('shoal ls (spawned node)', () => {
     assert.deepEqual(await call('POST', '/shoal/prefetch', '{"refs":[]}'), { status: 400, code: 'NAME_INVALID' });
     assert.deepEqual(await call('POST', '/shoal/prefetch', JSON.stringify({ refs: ['x'.repeat(70_000)] })), { status: 400, code: 'SIZE_INVALID' });
     assert.equal((await call('GET', '/shoal/prefetch')).code, 'UNSUPPORTED');
+    // Every reference is checked before any work starts: one bad reference among good ones refuses the request.
+    assert.deepEqual(await call('POST', '/shoal/prefetch', JSON.stringify({ refs: ['team/app:1.0', 'Not A Ref'] })), { status: 400, code: 'NAME_INVALID' });
+    assert.deepEqual(await call('POST', '/shoal/prefetch', JSON.stringify({ refs: ['team/app:1.0', 7] })), { status: 400, code: 'NAME_INVALID' });
+    assert.deepEqual(await call('POST', '/shoal/prefetch', JSON.stringify({ refs: Array(101).fill('team/app:1.0') })), { status: 400, code: 'NAME_INVALID' });
     assert.equal((await call('DELETE', '/shoal/images')).code, 'UNSUPPORTED');
     assert.deepEqual(await call('GET', '/ui/..%2fpackage.json'), { status: 404, code: 'NAME_UNKNOWN' });
     assert.deepEqual(await call('GET', '/ui/nothing.js'), { status: 404, code: 'NAME_UNKNOWN' });

@@ -1,10 +1,16 @@
 /**
  * The pin API of a real node (`/shoal/pins`): pin by digest and by tag (also with `?ns=`), list, read one,
  * unpin, and every malformed or unknown request answered with its OCI error JSON (never a 5xx), leaving the
- * pins as they were.
+ * pins as they were. The page's pin buttons (`canPin` of GET /shoal/images) follow the role check of PUT
+ * /shoal/pins, on a node without users and on one with users and grants.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { startTestNode, type TestNode } from '../helpers/node.ts';
 import { makeImage, randomDigest, rawRequest, request, type PushedImage, type RawResult } from '../helpers/oci-client.ts';
 
@@ -129,5 +135,77 @@ describe('pin API', () => {
     const r = await request(t.url, 'GET', '/shoal/pins/');
     assert.equal(r.status, 200);
     assert.deepEqual(r.json().pins, await pins());
+  });
+});
+
+describe("the page's pin buttons follow the admin role", () => {
+  const basic = (user: string, password: string): string => `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+  const PASSWORD = 'pin-test-password';
+  let dir = '';
+  let node: TestNode | undefined;
+  let image: PushedImage;
+
+  type ImageRow = { repository: string; digest: string; canPin: boolean };
+  const images = async (auth?: string): Promise<{ status: number; rows?: ImageRow[]; code?: string }> => {
+    const r = await request(node!.url, 'GET', '/shoal/images', { headers: auth ? { Authorization: auth } : undefined });
+    const body = r.json();
+    return r.status === 200 ? { status: 200, rows: body.images } : { status: r.status, code: body.errors?.[0]?.code };
+  };
+  const pin = async (auth: string | undefined, method: 'PUT' | 'DELETE' = 'PUT'): Promise<number> =>
+    (await request(node!.url, method, `/shoal/pins/team/app@${image.digest}`, { headers: auth ? { Authorization: auth } : undefined })).status;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'shoal-canpin-'));
+    // First a node without users: anonymous callers on this host hold every role, the pin buttons included.
+    node = await startTestNode({ dataDir: join(dir, 'data') });
+    image = await makeImage(node.url, 'team/app', { tag: 'v1' });
+    await makeImage(node.url, 'other/tool', { tag: 'v2' });
+  });
+
+  after(async () => {
+    await node?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it('without users, a caller on this host may pin: canPin on every image, and the pin is taken', async () => {
+    const { rows } = await images();
+    assert.equal(rows?.length, 2);
+    assert.ok(rows!.every((r) => r.canPin === true), JSON.stringify(rows));
+    assert.equal(await pin(undefined), 201);
+    assert.equal(await pin(undefined, 'DELETE'), 202);
+  });
+
+  it('with users, only an admin sees the list, with canPin on every image; others may neither list nor pin', async () => {
+    await node!.stop();
+    node = undefined;
+    const htpasswdFile = join(dir, 'htpasswd');
+    await promisify(execFile)('htpasswd', ['-cbB', htpasswdFile, 'ops', PASSWORD]);
+    for (const u of ['reader', 'teamadmin']) await promisify(execFile)('htpasswd', ['-bB', htpasswdFile, u, PASSWORD]);
+    node = await startTestNode({
+      dataDir: join(dir, 'data'),
+      config: {
+        htpasswdFile,
+        grants: [
+          { user: 'ops', prefix: '', roles: ['admin'] },
+          { user: 'reader', prefix: '', roles: ['pull'] },
+          { user: 'teamadmin', prefix: 'team/', roles: ['admin'] },
+        ],
+        anonymous: ['pull'],
+      },
+    });
+    const admin = await images(basic('ops', PASSWORD));
+    assert.equal(admin.status, 200);
+    assert.deepEqual(admin.rows!.map((r) => `${r.repository} ${r.canPin}`).sort(), ['other/tool true', 'team/app true']);
+    assert.equal(await pin(basic('ops', PASSWORD)), 201);
+    assert.equal(await pin(basic('ops', PASSWORD), 'DELETE'), 202);
+    // Without the admin role: the list (and so any pin button) is refused, as the pin itself is.
+    assert.deepEqual(await images(basic('reader', PASSWORD)), { status: 403, code: 'DENIED' });
+    assert.equal(await pin(basic('reader', PASSWORD)), 403);
+    assert.deepEqual(await images(), { status: 401, code: 'UNAUTHORIZED' });
+    assert.equal(await pin(undefined), 401);
+    // Admin of one prefix: may pin there, but the node's list needs admin of the node.
+    assert.deepEqual(await images(basic('teamadmin', PASSWORD)), { status: 403, code: 'DENIED' });
+    assert.equal(await pin(basic('teamadmin', PASSWORD)), 201);
+    assert.deepEqual((await node!.node.store.listPins()).map((p) => p.repository), ['team/app']);
   });
 });

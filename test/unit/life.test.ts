@@ -17,6 +17,7 @@ import { LifecycleMetrics } from '../../src/life/metrics.ts';
 import { StoreQuota } from '../../src/life/quota.ts';
 import { Scrubber } from '../../src/life/scrub.ts';
 import { pinnedDigests, ReachabilityWalk } from '../../src/life/reachability.ts';
+import { listImages } from '../../src/life/images.ts';
 import { expiredTags, parseRetentionRules, ruleFor, type RetentionRule } from '../../src/life/retention.ts';
 import { fsckDataDir, openDiskStore, openMemoryStore, STAGING_REPOSITORY, type KvContentStore, type TagEntry } from '../../src/store/index.ts';
 
@@ -197,6 +198,51 @@ describe('reachability', () => {
     assert.deepEqual([...(await pinnedDigests(store))].sort(), [idx.digest, a.digest, ...a.blobs].sort());
     await store.pinManifest('app', b.digest, 'test');
     assert.equal((await pinnedDigests(store)).size, 1 + 3 + 3);
+    await store.close();
+  });
+});
+
+describe('listImages', () => {
+  it('reads a manifest shared by several images once per listing, and sums each image as before', async () => {
+    const store = await openMemoryStore();
+    const amd = await putImage(store, 'app', { layers: 2, layerSize: 500 });
+    const arm = await putImage(store, 'app', { layers: 1, layerSize: 700 });
+    const both = await putIndex(store, 'app', [amd.desc, arm.desc], 'v1');
+    const amdOnly = await putIndex(store, 'app', [amd.desc], 'v2');
+    // The platform manifest tagged on its own too, and in a second repository.
+    const amdBytes = Buffer.from(await new Response(await store.readContent(amd.digest)).arrayBuffer());
+    await store.putManifest({ repository: 'app', bytes: amdBytes, mediaType: MT.manifest, tag: 'amd', references: amd.blobs });
+    for (const b of amd.blobs) await store.mountBlob('mirror/app', b, 'app');
+    await store.putManifest({ repository: 'mirror/app', bytes: amdBytes, mediaType: MT.manifest, tag: 'amd', references: amd.blobs });
+    const reads = new Map<string, number>();
+    const readContent = store.readContent.bind(store);
+    store.readContent = (digest, range, opts) => {
+      reads.set(digest, (reads.get(digest) ?? 0) + 1);
+      return readContent(digest, range, opts);
+    };
+    const images = await listImages(store);
+    const sizeOf = async (digests: string[]): Promise<number> => {
+      let n = 0;
+      for (const d of new Set(digests)) n += (await store.statContent(d))!.size;
+      return n;
+    };
+    assert.deepEqual(
+      images.map((i) => ({ repository: i.repository, tags: i.tags, digest: i.digest, platforms: i.platforms, missingBlobs: i.missingBlobs })),
+      [
+        { repository: 'app', tags: ['amd'], digest: amd.digest, platforms: [], missingBlobs: 0 },
+        { repository: 'app', tags: ['v1'], digest: both.digest, platforms: ['linux/amd64', 'linux/arm64'], missingBlobs: 0 },
+        { repository: 'app', tags: ['v2'], digest: amdOnly.digest, platforms: ['linux/amd64'], missingBlobs: 0 },
+        { repository: 'mirror/app', tags: ['amd'], digest: amd.digest, platforms: [], missingBlobs: 0 },
+      ],
+    );
+    assert.equal(images[0]!.size, await sizeOf([amd.digest, ...amd.blobs]));
+    assert.equal(images[1]!.size, await sizeOf([both.digest, amd.digest, arm.digest, ...amd.blobs, ...arm.blobs]));
+    assert.equal(images[2]!.size, await sizeOf([amdOnly.digest, amd.digest, ...amd.blobs]));
+    assert.equal(images[3]!.size, await sizeOf([amd.digest, ...amd.blobs]));
+    // The platform manifest that two indexes and two tags share, and its config, are each read once.
+    assert.equal(reads.get(amd.digest), 1, `the shared manifest was read ${reads.get(amd.digest)} times`);
+    assert.equal(reads.get(amd.blobs[0]!), 1, 'the shared config was read more than once');
+    for (const [digest, n] of reads) assert.equal(n, 1, `${digest} was read ${n} times`);
     await store.close();
   });
 });

@@ -294,4 +294,42 @@ describe('policy engine', () => {
       await engine.stop();
     }
   });
+
+  it('answers with a kept verdict that let the image through, and judges a kept refusal again', async () => {
+    const file = join(dir, 'kept.json');
+    await writeFile(file, JSON.stringify({ default: [{ type: 'sigstoreSigned', keyPath: paths.get('ecdsa') }] }));
+    const engine = await PolicyEngine.open({ file, logger: pino({ level: 'silent' }) });
+    try {
+      const source = new MemorySource();
+      let lookups = 0;
+      const tagged = source.tagged.bind(source);
+      source.tagged = (tag: string) => {
+        lookups++;
+        return tagged(tag);
+      };
+      const decide = (fresh?: boolean) => engine.decide('registry.local/app', 'registry.local/app', image.digest, source, { fresh });
+      const refused = await decide();
+      assert.deepEqual([refused.result, refused.fresh], ['denied', true]);
+      // A refusal is not the last word: asked again, the image is judged again.
+      const before = lookups;
+      const again = await decide();
+      assert.deepEqual([again.result, again.fresh], ['denied', true]);
+      assert.ok(lookups > before, 'a kept refusal was served without judging again');
+      // The signature comes; the next ask lets the image through and keeps that.
+      source.add(sigTag(keys.get('ecdsa')!, image.digest));
+      const allowed = await decide();
+      assert.deepEqual([allowed.result, allowed.fresh], ['allowed', true]);
+      const judged = lookups;
+      const kept = await decide();
+      assert.deepEqual([kept.result, kept.fresh, kept.reason], ['allowed', false, 'signed']);
+      assert.equal(lookups, judged, 'a kept verdict that let the image through is not judged again');
+      assert.equal(engine.reaches('registry.local/app', image.digest), true);
+      // `fresh` judges again even then.
+      const verified = await decide(true);
+      assert.deepEqual([verified.result, verified.fresh], ['allowed', true]);
+      assert.ok(lookups > judged);
+    } finally {
+      await engine.stop();
+    }
+  });
 });

@@ -110,6 +110,35 @@ describe('ContentStore on disk: layout, restart and recovery', () => {
     await assert.rejects(store!.readSmallContent(again.digest), (err: Error & { code?: string }) => err.code === 'BLOB_UNKNOWN');
   });
 
+  it('readSmallContent: a read from memory counts as a use, so eviction (least recently used first) keeps what it serves', async () => {
+    const a = await store!.writeBlob('r', chunks('{"small":"a"}'), {});
+    const b = await store!.writeBlob('r', chunks('{"small":"b"}'), {});
+    const accessed = async (digest: string): Promise<number> => (await store!.listEntries()).find((e) => e.digest === digest)!.accessed!;
+    /** Waits until the clock has moved past `t`, so that a later use has a later time. */
+    const after = async (t: number): Promise<void> => {
+      while (Date.now() <= t) await new Promise((r) => setTimeout(r, 2));
+    };
+    await store!.readSmallContent(a.digest);
+    await after(await accessed(a.digest));
+    await store!.readSmallContent(b.digest);
+    const aFirst = await accessed(a.digest);
+    const bRead = await accessed(b.digest);
+    assert.ok(bRead > aFirst, 'b was read after a');
+    // a's file is gone behind the store's back: the next read can only come from memory.
+    await rm(blobPath(dir, a.digest));
+    await after(bRead);
+    assert.equal((await store!.readSmallContent(a.digest)).toString(), '{"small":"a"}');
+    const aCached = await accessed(a.digest);
+    assert.ok(aCached > aFirst, `the read from memory was not recorded as a use (accessed stayed ${aFirst})`);
+    assert.ok(aCached > bRead, 'a, read from memory last, is now the more recently used');
+    const lru = (await store!.listEntries()).filter((e) => e.digest === a.digest || e.digest === b.digest).sort((x, y) => x.accessed! - y.accessed!);
+    assert.deepEqual(
+      lru.map((e) => e.digest),
+      [b.digest, a.digest],
+      'eviction would take b first',
+    );
+  });
+
   it('a failed write leaves no file in ingest/ or blobs/', async () => {
     await rejectsWith(store!.writeBlob('r', chunks('hello'), { digest: sha256('other') }), DigestMismatchError, 'DIGEST_INVALID');
     await rejectsWith(store!.writeBlob('r', chunks('hello'), { size: 2 }), InvalidError, 'SIZE_INVALID');

@@ -10,6 +10,8 @@ import { PullTraffic } from '../../src/source/traffic.ts';
 import { parseControlRequest, MAX_PREFETCH_REFS } from '../../src/p2p/control.ts';
 import { ProtocolViolation } from '../../src/p2p/wire.ts';
 import { ConfigError, loadConfig } from '../../src/config/index.ts';
+import { checkPrefetchReferences } from '../../src/source/prefetch.ts';
+import { isShoalError } from '../../src/oci/index.ts';
 
 describe('PullTraffic', () => {
   it('adds bytes counted since the last sample to the current minute, keeps an hour, and starts from a baseline', async () => {
@@ -54,6 +56,19 @@ describe('control protocol requests', () => {
     for (const bad of [{ op: 'reboot' }, { op: 'prefetch', refs: [] }, { op: 'prefetch', refs: [1] }, { op: 'prefetch', refs: ['x'.repeat(513)] }, { op: 'prefetch', refs: Array(MAX_PREFETCH_REFS + 1).fill('a:1') }]) {
       assert.throws(() => parseControlRequest(bad as Record<string, unknown>), ProtocolViolation, JSON.stringify(bad).slice(0, 80));
     }
+  });
+});
+
+describe('prefetch references', () => {
+  it('are all checked before any work: a list of 1 to MAX_PREFETCH_REFS strings that each parse as a reference', () => {
+    assert.deepEqual(checkPrefetchReferences(['registry.local:5000/team/app:1.4', 'app@sha256:' + 'a'.repeat(64)]), ['registry.local:5000/team/app:1.4', 'app@sha256:' + 'a'.repeat(64)]);
+    const refused = (refs: unknown, message: RegExp): void =>
+      assert.throws(() => checkPrefetchReferences(refs), (err: unknown) => isShoalError(err) && err.code === 'NAME_INVALID' && err.status === 400 && message.test(err.message));
+    refused(undefined, /name at least one image/);
+    refused([], /name at least one image/);
+    refused(Array(MAX_PREFETCH_REFS + 1).fill('a:1'), new RegExp(`at most ${MAX_PREFETCH_REFS} images`));
+    refused(['a:1', 3], /references are strings/);
+    refused(['team/app:1.0', 'Not A Ref'], /"Not A Ref" is not an image reference/);
   });
 });
 
