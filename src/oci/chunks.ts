@@ -1,4 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
+import { byteLength, pieces, type Bytes } from './parts.ts';
 
 /** Blobs travel between peers, and are vouched for, in chunks of this size (the last one shorter). */
 export const CHUNK_SIZE = 4 * 1024 * 1024;
@@ -26,12 +27,16 @@ export class ChunkHasher {
    * a whole chunk that starts on a chunk boundary is taken without hashing it again: each byte is hashed once for
    * the chunk map.
    */
-  update(data: Uint8Array, knownHash?: string): void {
-    if (knownHash !== undefined && this.inChunk === 0 && data.length === CHUNK_SIZE) {
+  update(data: Bytes, knownHash?: string): void {
+    if (knownHash !== undefined && this.inChunk === 0 && byteLength(data) === CHUNK_SIZE) {
       this.chunks.push(knownHash);
       this.total += CHUNK_SIZE;
       return;
     }
+    for (const piece of pieces(data)) this.add(piece);
+  }
+
+  private add(data: Uint8Array): void {
     let buf = data;
     while (buf.length > 0) {
       const take = Math.min(buf.length, CHUNK_SIZE - this.inChunk);

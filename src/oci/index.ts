@@ -5,5 +5,6 @@ export * from './names.ts';
 export * from './manifest.ts';
 export * from './reference.ts';
 export * from './chunks.ts';
+export * from './parts.ts';
 export * from './io.ts';
 export * from './keyed-mutex.ts';

@@ -1,4 +1,3 @@
-import type { Socket } from 'node:net';
 import type { Connection, Libp2p, Stream } from '@libp2p/interface';
 import type { Logger } from 'pino';
 import { AbortedError, NotFoundError, UnavailableError, type ChunkMap } from '../oci/index.ts';
@@ -7,7 +6,7 @@ import type { PeerMetrics } from './metrics.ts';
 import type { PeerTable } from './peer-table.ts';
 import { PROTOCOLS, type ChunkRequest, type PeerTagRecord, type ReportOutcome } from './types.ts';
 import { parseChunkHeader, parseChunkMapAnswer, parseManifestHeader, parseReportAnswer, parseTagAnswer } from './validate.ts';
-import { hostOf, openChannel, receiveSealed, type ChannelOffer } from './data-channel.ts';
+import { hostOf, openChannel, receiveSealed, type ChannelConnection, type ChannelOffer } from './data-channel.ts';
 import { DATA_FRAME, framed, MAX_FRAME, ProtocolViolation, readFrame, readJson, violationOf, writeJson, type Framed } from './wire.ts';
 
 /** Opening a stream on a live connection takes one round trip; a peer that cannot do it in this long has gone. */
@@ -119,7 +118,7 @@ export class ContentClient {
       if (state) state.bytesIn += n;
       metrics.bytes.inc({ direction: 'in' }, n);
     };
-    let socket: Socket | undefined;
+    let socket: ChannelConnection | undefined;
     if (offer) {
       try {
         const host = hostOf(conn.remoteAddr);
@@ -144,7 +143,7 @@ export class ContentClient {
       await stream.close().catch(() => undefined);
       if (received < want) throw new UnavailableError(`peer ${peer} ended a chunk early`);
     };
-    async function* sealed(channel: Socket, sealedOffer: ChannelOffer): AsyncIterable<Uint8Array> {
+    async function* sealed(channel: ChannelConnection, sealedOffer: ChannelOffer): AsyncIterable<Uint8Array> {
       let received = 0;
       try {
         for await (const piece of receiveSealed(channel, sealedOffer, want, opts.signal ?? new AbortController().signal)) {

@@ -207,10 +207,40 @@ export async function sendSealed(socket: Socket, offer: ChannelOffer, pieces: As
   }
 }
 
+/** Reads on a data connection land in one buffer of this size, reused (no allocation per read). */
+const READ_BUFFER = 256 * 1024;
+/** Decrypted bytes waiting for the reader past this pause the connection; below LOW_WATER it reads again. */
+const HIGH_WATER = 2 * 1024 * 1024;
+const LOW_WATER = 512 * 1024;
+
+/** A connection to a holder's data port. */
+export interface ChannelConnection {
+  readonly socket: Socket;
+  /** Takes each read (valid only during the call); false pauses the connection. */
+  sink?: (data: Uint8Array) => boolean;
+  /** Reads that came before there was a sink (copied); the connection waits paused until one is set. */
+  early: Buffer[];
+}
+
 /** Connects to a holder's data port and presents the ticket. */
-export async function openChannel(host: string, offer: ChannelOffer, signal: AbortSignal): Promise<Socket> {
+export async function openChannel(host: string, offer: ChannelOffer, signal: AbortSignal): Promise<ChannelConnection> {
   const connectSignal = AbortSignal.any([signal, AbortSignal.timeout(CONNECT_MS)]);
-  const socket = connect({ host, port: offer.port, noDelay: true });
+  const early: Buffer[] = [];
+  const conn: { socket?: Socket; sink?: (data: Uint8Array) => boolean; early: Buffer[] } = { early };
+  const socket = connect({
+    host,
+    port: offer.port,
+    noDelay: true,
+    onread: {
+      buffer: Buffer.allocUnsafe(READ_BUFFER),
+      callback: (n, buf) => {
+        if (conn.sink) return conn.sink(buf.subarray(0, n));
+        early.push(Buffer.from(buf.subarray(0, n)));
+        return false;
+      },
+    },
+  });
+  conn.socket = socket;
   socket.on('error', () => undefined);
   const onAbort = (): void => {
     socket.destroy();
@@ -230,7 +260,7 @@ export async function openChannel(host: string, offer: ChannelOffer, signal: Abo
     connectSignal.removeEventListener('abort', onAbort);
   }
   socket.write(Buffer.concat([HELLO, Buffer.from(offer.ticket, 'base64')]));
-  return socket;
+  return conn as ChannelConnection;
 }
 
 /**
@@ -238,29 +268,70 @@ export async function openChannel(host: string, offer: ChannelOffer, signal: Abo
  * decrypted; the GCM tag is checked after the last one, and a bad tag, a short or a long answer throws before the
  * iteration ends, so a caller uses the bytes only once it ended normally.
  */
-export async function* receiveSealed(socket: Socket, offer: ChannelOffer, want: number, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+export async function* receiveSealed(conn: ChannelConnection, offer: ChannelOffer, want: number, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+  const { socket } = conn;
   const decipher = createDecipheriv('aes-256-gcm', Buffer.from(offer.key, 'base64'), Buffer.from(offer.nonce, 'base64'));
+  const queue: Buffer[] = [];
+  let queued = 0;
+  let received = 0;
+  const tag: Buffer[] = [];
+  let tagLength = 0;
+  let failure: Error | undefined;
+  let ended = false;
+  let paused = false;
+  let wake: (() => void) | undefined;
+  const take = (data: Uint8Array): boolean => {
+    if (failure) return false;
+    let body = data;
+    if (received + body.length > want) {
+      const cut = want - received;
+      tag.push(Buffer.from(body.subarray(cut)));
+      tagLength += body.length - cut;
+      body = body.subarray(0, cut);
+      if (tagLength > TAG_BYTES) {
+        failure = new ProtocolViolation('invalid-message', `it sent more than ${want} bytes on the data channel`);
+        socket.destroy();
+      }
+    }
+    if (body.length) {
+      received += body.length;
+      const out = decipher.update(body);
+      queue.push(out);
+      queued += out.length;
+    }
+    wake?.();
+    paused = queued >= HIGH_WATER;
+    return !paused;
+  };
+  const onEnd = (): void => {
+    ended = true;
+    wake?.();
+  };
+  socket.on('end', onEnd);
+  socket.on('close', onEnd);
   const onAbort = (): void => {
     socket.destroy();
   };
   signal.addEventListener('abort', onAbort, { once: true });
-  let received = 0;
-  const tag: Buffer[] = [];
-  let tagLength = 0;
   try {
-    for await (const data of socket as AsyncIterable<Buffer>) {
-      let body = data;
-      if (received + body.length > want) {
-        const cut = want - received;
-        tag.push(body.subarray(cut));
-        tagLength += body.length - cut;
-        body = body.subarray(0, cut);
-        if (tagLength > TAG_BYTES) throw new ProtocolViolation('invalid-message', `it sent more than ${want} bytes on the data channel`);
+    for (const piece of conn.early.splice(0)) take(piece);
+    conn.sink = take;
+    if (!paused) socket.resume();
+    for (;;) {
+      const out = queue.shift();
+      if (out) {
+        queued -= out.length;
+        if (paused && queued < LOW_WATER) {
+          paused = false;
+          socket.resume();
+        }
+        yield out;
+        continue;
       }
-      if (body.length) {
-        received += body.length;
-        yield decipher.update(body);
-      }
+      if (failure) throw failure;
+      if (ended) break;
+      await new Promise<void>((resolve) => (wake = resolve));
+      wake = undefined;
     }
     if (signal.aborted) throw abortError(signal);
     if (received < want || tagLength < TAG_BYTES) throw new UnavailableError(`the data channel ended after ${received} of ${want} bytes`);
@@ -274,6 +345,9 @@ export async function* receiveSealed(socket: Socket, offer: ChannelOffer, want: 
     if (signal.aborted) throw abortError(signal);
     throw err;
   } finally {
+    conn.sink = undefined;
+    socket.off('end', onEnd);
+    socket.off('close', onEnd);
     signal.removeEventListener('abort', onAbort);
     socket.destroy();
   }

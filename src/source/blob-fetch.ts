@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { setImmediate } from 'node:timers/promises';
 import { Readable } from 'node:stream';
-import { AbortedError, NotFoundError, UnavailableError, diskFullCode, isShoalError, storageFullError, type ChunkMap } from '../oci/index.ts';
+import { AbortedError, byteLength, NotFoundError, UnavailableError, diskFullCode, isShoalError, storageFullError, type Bytes, type ChunkMap } from '../oci/index.ts';
 import type { ByteRange, ContentStore, Ingest, IoOptions } from '../store/index.ts';
 import type { PullMetrics } from './metrics.ts';
 import { isSeedGone, type SeedSet } from './types.ts';
@@ -200,11 +200,12 @@ export class BlobFetch {
     if (!this.holdBack) this.publishSize(size);
   }
 
-  private async appendBytes(chunk: Uint8Array, source: 'peer' | 'seed', signal: AbortSignal, chunkHash?: string): Promise<void> {
+  private async appendBytes(chunk: Bytes, source: 'peer' | 'seed', signal: AbortSignal, chunkHash?: string): Promise<void> {
     await this.ingest!.append(chunk, { signal, chunkHash });
-    this.written += chunk.length;
-    if (source === 'peer') this.fromPeerBytes += chunk.length;
-    this.opts.metrics.pullBytes.inc({ source }, chunk.length);
+    const length = byteLength(chunk);
+    this.written += length;
+    if (source === 'peer') this.fromPeerBytes += length;
+    this.opts.metrics.pullBytes.inc({ source }, length);
     this.notify();
   }
 
@@ -491,7 +492,8 @@ export class BlobFetch {
         let batched = 0;
         const flush = async (): Promise<void> => {
           if (batched === 0) return;
-          const bytes = batch.length === 1 ? batch[0]! : Buffer.concat(batch, batched);
+          // Written as pieces (one writev), not copied into one buffer first.
+          const bytes = batch;
           batch = [];
           batched = 0;
           await this.appendBytes(bytes, 'seed', signal);

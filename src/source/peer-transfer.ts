@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
-import { AbortedError, NotFoundError, UnavailableError, type ChunkMap } from '../oci/index.ts';
+import { AbortedError, byteLength, NotFoundError, skipBytes, UnavailableError, type Bytes, type ChunkMap } from '../oci/index.ts';
 import { CHUNK_SIZE, type PeerNetwork, type PullHint } from '../p2p/types.ts';
 
 export interface PeerSource {
@@ -47,7 +47,7 @@ export interface PeerTransferOptions {
    * Receives the bytes strictly in order; `from` is the peer, or undefined for the seed. `hash` is the sha256 hex
    * of exactly `bytes` when they are a whole chunk whose hash was computed on arrival (so it need not be again).
    */
-  append: (bytes: Uint8Array, from: string | undefined, hash?: string) => Promise<void>;
+  append: (bytes: Bytes, from: string | undefined, hash?: string) => Promise<void>;
   /** Called once the total size is known. */
   onSize: (size: number) => void;
   /** A chunk's bytes from the seed by Range, for a chunk no peer could give; undefined when there is no seed. */
@@ -65,7 +65,8 @@ export interface PeerTransferOptions {
 }
 
 interface ChunkResult {
-  bytes: Buffer;
+  /** The chunk, in the pieces it arrived in. */
+  bytes: Bytes;
   /** sha256 hex of `bytes`, when computed on arrival (chunks from peers). */
   hash?: string;
   /** The peer it came from; undefined: the seed. */
@@ -185,13 +186,13 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
             received += p.length;
           }
           if (done) return;
-          const bytes = parts.length === 1 ? Buffer.from(parts[0]!.buffer, parts[0]!.byteOffset, parts[0]!.byteLength) : Buffer.concat(parts, received);
+          const bytes = parts;
           if (total !== undefined && res.size !== total) {
             live.delete(source.peer);
             throw new UnavailableError(`peer ${source.peer} says ${digest} has ${res.size} bytes, not ${total}`);
           }
           const expectedLength = Math.min(res.size, start + CHUNK_SIZE) - start;
-          if (bytes.length !== expectedLength) throw new UnavailableError(`peer ${source.peer} sent ${bytes.length} bytes of chunk ${index}, expected ${expectedLength}`);
+          if (received !== expectedLength) throw new UnavailableError(`peer ${source.peer} sent ${received} bytes of chunk ${index}, expected ${expectedLength}`);
           const hash = hasher.digest('hex');
           evidence.receipts.push({ peer: source.peer, index, hash });
           if (expectedHash !== undefined && hash !== expectedHash) {
@@ -201,8 +202,8 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
           }
           const ms = Date.now() - began;
           durations.push(ms);
-          network.recordTransfer(source.peer, bytes.length, ms);
-          logger.debug({ peer: source.peer, digest, chunk: index, bytes: bytes.length, ms }, 'chunk from peer');
+          network.recordTransfer(source.peer, received, ms);
+          logger.debug({ peer: source.peer, digest, chunk: index, bytes: received, ms }, 'chunk from peer');
           finish(() => resolve({ bytes, hash, from: source.peer, size: res.size }));
         } catch (err) {
           if (done) return;
@@ -243,8 +244,9 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
       size = first.size;
       opts.onSize(size);
       const skip = offset % CHUNK_SIZE;
-      if (first.bytes.length > skip) await opts.append(first.bytes.subarray(skip), first.from, skip === 0 ? first.hash : undefined);
-      offset += Math.max(0, first.bytes.length - skip);
+      const firstLength = byteLength(first.bytes);
+      if (firstLength > skip) await opts.append(skip > 0 ? skipBytes(first.bytes, skip) : first.bytes, first.from, skip === 0 ? first.hash : undefined);
+      offset += Math.max(0, firstLength - skip);
     } else opts.onSize(size);
     const total = size;
     const firstIndex = Math.floor(offset / CHUNK_SIZE);
@@ -264,7 +266,7 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
       const res = await results.get(i)!;
       results.delete(i);
       const skip = i === firstIndex ? offset - i * CHUNK_SIZE : 0;
-      await opts.append(skip > 0 ? res.bytes.subarray(skip) : res.bytes, res.from, skip > 0 ? undefined : res.hash);
+      await opts.append(skip > 0 ? skipBytes(res.bytes, skip) : res.bytes, res.from, skip > 0 ? undefined : res.hash);
       offset = Math.min(total, (i + 1) * CHUNK_SIZE);
       schedule();
     }

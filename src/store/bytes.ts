@@ -3,7 +3,7 @@ import { mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 
 import { randomUUID } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
-import { AbortedError, Digest, InvalidError, NotFoundError } from '../oci/index.ts';
+import { AbortedError, Digest, InvalidError, NotFoundError, pieces, skipBytes, type Bytes } from '../oci/index.ts';
 import type { BlobInfo, ByteRange, IoOptions } from './types.ts';
 
 /** Read buffer for blob streams: 1 MiB is ~3x faster than Node's 64 KiB default when serving. */
@@ -27,7 +27,7 @@ export interface IngestFile {
   readonly id: string;
   /** The file the bytes go to, when they go to one (another thread may read it). */
   readonly path?: string;
-  append(chunk: Uint8Array): Promise<void>;
+  append(chunk: Bytes): Promise<void>;
   /** Bytes appended so far, inclusive range. */
   read(range: ByteRange): Promise<Readable>;
   /** Makes the bytes durable and moves them into place as `digest`. */
@@ -117,12 +117,16 @@ async function renameDurably(from: string, dest: string): Promise<void> {
   await fsyncDir(dir);
 }
 
-async function writeAll(fh: FileHandle, chunk: Uint8Array, position: number): Promise<void> {
+/** Writes all of `chunk` (its pieces with one writev when there are several) at `position`; returns its length. */
+async function writeAll(fh: FileHandle, chunk: Bytes, position: number): Promise<number> {
+  let left = [...pieces(chunk)].filter((p) => p.length > 0);
   let done = 0;
-  while (done < chunk.length) {
-    const { bytesWritten } = await fh.write(chunk, done, chunk.length - done, position + done);
+  while (left.length > 0) {
+    const { bytesWritten } = left.length === 1 ? await fh.write(left[0]!, 0, left[0]!.length, position + done) : await fh.writev(left, position + done);
     done += bytesWritten;
+    left = skipBytes(left, bytesWritten);
   }
+  return done;
 }
 
 export class DiskBlobBytes implements BlobBytes {
@@ -197,8 +201,7 @@ export class DiskBlobBytes implements BlobBytes {
       id,
       path: tmp,
       append: async (chunk) => {
-        await writeAll(fh, chunk, position);
-        position += chunk.length;
+        position += await writeAll(fh, chunk, position);
       },
       // Reads go through the handle the writer holds: a fetch followed by many clients reads small ranges often.
       read: async (range) => {
@@ -316,7 +319,7 @@ export class MemoryBlobBytes implements BlobBytes {
     let data = Buffer.alloc(0);
     return {
       id: randomUUID(),
-      append: async (chunk) => void (data = Buffer.concat([data, chunk])),
+      append: async (chunk) => void (data = Buffer.concat([data, ...pieces(chunk)])),
       read: async (range) => Readable.from([data.subarray(range.start, range.end + 1)]),
       commit: async (digest) => void this.blobs.set(digest, data),
       discard: async () => void (data = Buffer.alloc(0)),

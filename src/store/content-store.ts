@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
-import { AbortedError, CHUNK_SIZE, ChunkHasher, KeyedMutex, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, UnsupportedError, diskFullCode, type ChunkMap } from '../oci/index.ts';
+import { AbortedError, byteLength, CHUNK_SIZE, ChunkHasher, pieces, KeyedMutex, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, UnsupportedError, diskFullCode, type ChunkMap } from '../oci/index.ts';
 import { DiskBlobBytes, MemoryBlobBytes, type BlobBytes } from './bytes.ts';
 import { keyParts, keys, lastPart } from './keys.ts';
 import { migrateStore } from './migrations.ts';
@@ -559,14 +559,15 @@ export class KvContentStore implements ContentStore {
         checkAbort(opts.signal);
         if (!open) throw new ShoalError('INTERNAL', 'write to a blob that is already committed or aborted');
         await file.append(chunk);
+        const length = byteLength(chunk);
         if (inline) {
-          inline.digest.update(chunk);
+          for (const piece of pieces(chunk)) inline.digest.update(piece);
           inline.chunks.update(chunk, opts.chunkHash);
         } else {
-          if (opts.chunkHash !== undefined && size % CHUNK_SIZE === 0 && chunk.length === CHUNK_SIZE) job!.known(size / CHUNK_SIZE, opts.chunkHash);
-          job!.written(size + chunk.length);
+          if (opts.chunkHash !== undefined && size % CHUNK_SIZE === 0 && length === CHUNK_SIZE) job!.known(size / CHUNK_SIZE, opts.chunkHash);
+          job!.written(size + length);
         }
-        size += chunk.length;
+        size += length;
       },
       read: (range) => file.read(range),
       commit: async (repository, expect, opts = {}) => {

@@ -1,5 +1,5 @@
 import type { Readable } from 'node:stream';
-import type { ChunkMap } from '../oci/index.ts';
+import type { Bytes, ChunkMap } from '../oci/index.ts';
 
 /** The repository where an import stages blobs until the manifests that name them are in. */
 export const STAGING_REPOSITORY = 'shoal-import';
@@ -81,7 +81,8 @@ export interface BlobReader {
 export interface Ingest {
   /** Bytes appended so far. */
   readonly size: number;
-  append(chunk: Uint8Array, opts?: IngestAppendOptions): Promise<void>;
+  /** Appends bytes (one buffer, or pieces written together). */
+  append(chunk: Bytes, opts?: IngestAppendOptions): Promise<void>;
   /** A range of the bytes appended so far (inclusive). */
   read(range: ByteRange, opts?: IoOptions): Promise<Readable>;
   /** Verifies digest and size, then commits the blob into `repository`. On mismatch nothing is stored. */
