@@ -46,12 +46,18 @@ export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams):
       traffic.recordPull({ at: Date.now(), repository: p.name, digest, bytes: sent, source: info.source === 'local' ? 'local' : (info.origin?.() ?? 'seed'), complete: ctx.res.writableFinished }),
     );
   }
-  countWritten(ctx.res, (n) => {
-    sent += n;
-    deps.metrics.servedBytes.inc({ kind: 'blob' }, n);
-    // Fetched bytes are counted by the fetch as they arrive (from peers or the seed), once however many clients.
-    if (info.source === 'local') deps.pullMetrics.pullBytes.inc({ source: 'local' }, n);
-  });
+  // A stored blob's read buffers go back to the store's pool once written out (PooledFileReader).
+  const recycle = (stream as { recycle?: (chunk: Uint8Array) => void }).recycle?.bind(stream);
+  countWritten(
+    ctx.res,
+    (n) => {
+      sent += n;
+      deps.metrics.servedBytes.inc({ kind: 'blob' }, n);
+      // Fetched bytes are counted by the fetch as they arrive (from peers or the seed), once however many clients.
+      if (info.source === 'local') deps.pullMetrics.pullBytes.inc({ source: 'local' }, n);
+    },
+    recycle,
+  );
   ctx.body = stream;
 }
 

@@ -35,9 +35,10 @@ export async function* countIterable(source: AsyncIterable<Uint8Array>, report: 
  * Reports the body bytes of a response as they are written to its socket: each chunk once its write is done (the
  * kernel took all of it), never a chunk the response only buffered, or that was still being written when the client
  * went away. A complete response reports exactly its body; one cut short reports what reached the socket. A report
- * that fails is ignored; nothing may throw out of it.
+ * that fails is ignored; nothing may throw out of it. With `recycle`, each chunk written out is handed to it, so that
+ * its buffer can be read into again.
  */
-export function countWritten(res: ServerResponse, report: (n: number) => void): void {
+export function countWritten(res: ServerResponse, report: (n: number) => void, recycle?: (chunk: Uint8Array) => void): void {
   const write = res.write;
   const socket = res.socket;
   const counted = function (this: ServerResponse, chunk: unknown, encoding?: unknown, callback?: unknown): boolean {
@@ -52,6 +53,8 @@ export function countWritten(res: ServerResponse, report: (n: number) => void): 
         } catch {
           // metrics are not worth a response
         }
+        // Written out: the buffer may serve the next read (a chunk still queued when the socket went is not reused).
+        if (recycle && chunk instanceof Uint8Array) recycle(chunk);
       }
       if (typeof cb === 'function') (cb as (err?: Error | null) => void)(err);
     });

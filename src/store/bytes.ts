@@ -129,12 +129,108 @@ async function writeAll(fh: FileHandle, chunk: Bytes, position: number): Promise
   return done;
 }
 
+/**
+ * Read buffers given back once a response wrote them, so that serving many clients does not allocate a fresh
+ * buffer for every read: each such buffer is memory outside the JavaScript heap, and allocating them at the rate
+ * bytes are served made the engine run a full collection every few dozen MiB (their cost showed on every core).
+ * Bounded: what is not taken back is left to the collector.
+ */
+export class ReadBufferPool {
+  private readonly free = new Map<number, ArrayBuffer[]>();
+  private readonly max: number;
+
+  constructor(maxPerSize = 32) {
+    this.max = maxPerSize;
+  }
+
+  take(size: number): Buffer {
+    const ab = this.free.get(size)?.pop();
+    return ab ? Buffer.from(ab, 0, size) : Buffer.allocUnsafeSlow(size);
+  }
+
+  /** Gives back the buffer `chunk` was read into; only a buffer that came from take() is kept. */
+  give(chunk: Uint8Array, size: number): void {
+    const ab = chunk.buffer;
+    if (!(ab instanceof ArrayBuffer) || ab.byteLength !== size || chunk.byteOffset !== 0) return;
+    let list = this.free.get(size);
+    if (!list) this.free.set(size, (list = []));
+    if (list.length < this.max) list.push(ab);
+  }
+}
+
+/**
+ * A stored blob's bytes (inclusive range) read into pooled buffers. Whoever has written a chunk out and no longer
+ * refers to it may hand it back with `recycle(chunk)`; one never handed back is simply collected.
+ */
+export class PooledFileReader extends Readable {
+  private position: number;
+  private readonly end: number;
+  private readonly fh: FileHandle;
+  private readonly pool: ReadBufferPool;
+  private readonly size: number;
+  private reading = false;
+  /** The chunks this stream pushed: only those exact objects come back to the pool (never a slice of one). */
+  private readonly pushed = new WeakSet<Uint8Array>();
+
+  constructor(fh: FileHandle, range: { start: number; end: number }, pool: ReadBufferPool, size: number) {
+    super({ highWaterMark: size });
+    this.fh = fh;
+    this.position = range.start;
+    this.end = range.end;
+    this.pool = pool;
+    this.size = size;
+  }
+
+  /** Hands back a chunk this stream gave, once nothing refers to it any more (its write is done). */
+  recycle(chunk: Uint8Array): void {
+    if (!this.pushed.delete(chunk)) return;
+    this.pool.give(chunk, this.size);
+  }
+
+  override _read(): void {
+    if (this.reading) return;
+    if (this.position > this.end) {
+      this.push(null);
+      return;
+    }
+    this.reading = true;
+    const length = Math.min(this.size, this.end - this.position + 1);
+    const buf = this.pool.take(this.size);
+    this.fh.read(buf, 0, length, this.position).then(
+      ({ bytesRead }) => {
+        this.reading = false;
+        if (bytesRead === 0) {
+          this.pool.give(buf, this.size);
+          this.push(null);
+          return;
+        }
+        this.position += bytesRead;
+        const chunk = buf.subarray(0, bytesRead);
+        this.pushed.add(chunk);
+        if (this.push(chunk) && this.position <= this.end) this._read();
+      },
+      (err: Error) => {
+        this.reading = false;
+        this.destroy(err);
+      },
+    );
+  }
+
+  override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    this.fh.close().then(
+      () => callback(err),
+      (closeErr: Error) => callback(err ?? closeErr),
+    );
+  }
+}
+
 export class DiskBlobBytes implements BlobBytes {
   private readonly blobsDir: string;
   private readonly ingestDir: string;
   private readonly uploadsDir: string;
   /** Blob reads open now (see LARGE_READS). */
   private openReads = 0;
+  private readonly readBuffers = new ReadBufferPool();
   constructor(root: string) {
     this.blobsDir = join(root, 'blobs');
     this.ingestDir = join(root, 'ingest');
@@ -176,7 +272,8 @@ export class DiskBlobBytes implements BlobBytes {
     });
     try {
       const highWaterMark = this.openReads >= LARGE_READS ? SHARED_READ_CHUNK : READ_CHUNK;
-      const stream = fh.createReadStream({ start: range?.start, end: range?.end, highWaterMark, autoClose: true });
+      const end = range?.end ?? (await fh.stat()).size - 1;
+      const stream = new PooledFileReader(fh, { start: range?.start ?? 0, end }, this.readBuffers, highWaterMark);
       this.openReads++;
       stream.once('close', () => this.openReads--);
       return stream;
