@@ -6,7 +6,7 @@ import { sendSealed, type DataChannelServer, type OfferedTicket } from './data-c
 import type { PeerMetrics } from './metrics.ts';
 import type { PeerTable } from './peer-table.ts';
 import type { ReportDesk } from './reports.ts';
-import type { ContentProvider } from './types.ts';
+import type { ContentProvider, PeerRange } from './types.ts';
 import { parseChunkRequest, parseDigestRequest, parseReportRequest, parseTagRequest, type ChunkHeader } from './validate.ts';
 import { DATA_FRAME, framed, MAX_REQUEST, ProtocolViolation, readJson, violationOf, writeJson, type Framed } from './wire.ts';
 
@@ -71,7 +71,7 @@ export class ContentServer {
       return;
     }
     this.activeChunkStreams++;
-    let opened: { size: number; stream: AsyncIterable<Uint8Array> } | undefined;
+    let opened: PeerRange | undefined;
     try {
       const req = parseChunkRequest(await readJson(lp, { signal: AbortSignal.timeout(10_000) }));
       opened = await provider.openRange(req, { signal }).catch((err: Error) => {
@@ -102,7 +102,7 @@ export class ContentServer {
           }
         }
       } else {
-        await sendSealed(socket, ticket!.offer, opened.stream, before, signal);
+        await sendSealed(socket, ticket!.offer, opened.stream, before, signal, opened.recycle);
         metrics.channelTransfers.inc({ direction: 'out' });
       }
       metrics.chunkRequests.inc({ direction: 'in', outcome: 'ok' });

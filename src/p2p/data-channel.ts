@@ -170,9 +170,17 @@ function abortError(signal: AbortSignal | undefined): Error {
 
 /**
  * Sends a range sealed with the ticket's key on the connection that claimed it: the ciphertext, then the GCM tag.
- * `before` runs before each piece is sent (the upload cap, byte counts).
+ * `before` runs before each piece is sent (the upload cap, byte counts); `recycle` gets each piece once it is
+ * copied out.
  */
-export async function sendSealed(socket: Socket, offer: ChannelOffer, pieces: AsyncIterable<Uint8Array>, before: (piece: Uint8Array) => Promise<void>, signal: AbortSignal): Promise<number> {
+export async function sendSealed(
+  socket: Socket,
+  offer: ChannelOffer,
+  pieces: AsyncIterable<Uint8Array>,
+  before: (piece: Uint8Array) => Promise<void>,
+  signal: AbortSignal,
+  recycle?: (piece: Uint8Array) => void,
+): Promise<number> {
   const cipher = createCipheriv('aes-256-gcm', Buffer.from(offer.key, 'base64'), Buffer.from(offer.nonce, 'base64'));
   let closed: Error | undefined;
   const onClose = (): void => {
@@ -190,7 +198,10 @@ export async function sendSealed(socket: Socket, offer: ChannelOffer, pieces: As
       if (closed) throw closed;
       await before(piece);
       sent += piece.length;
-      if (!socket.write(cipher.update(piece))) await Promise.race([once(socket, 'drain', { signal }), once(socket, 'close')]);
+      const sealed = cipher.update(piece);
+      // The piece is copied out (encrypted): its buffer may serve the next read.
+      recycle?.(piece);
+      if (!socket.write(sealed)) await Promise.race([once(socket, 'drain', { signal }), once(socket, 'close')]);
     }
     cipher.final();
     socket.end(cipher.getAuthTag());

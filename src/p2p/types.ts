@@ -37,10 +37,18 @@ export interface ChunkRequest {
 /** What a holder found when it re-checked a blob a peer reported (`busy`: it will not check again so soon). */
 export type ReportOutcome = VerifyOutcome | 'busy' | 'unknown';
 
+/** Bytes of a blob served to a peer. */
+export interface PeerRange {
+  size: number;
+  stream: AsyncIterable<Uint8Array>;
+  /** Takes back a piece of `stream` once the server copied it out and no longer refers to it (a pooled read buffer). */
+  recycle?: (chunk: Uint8Array) => void;
+}
+
 /** What this node serves to peers; implemented by the pull path, which also knows fetches in flight. */
 export interface ContentProvider {
   /** Bytes of a blob this node has or is fetching; undefined when it has neither (NOT_FOUND). */
-  openRange(req: ChunkRequest, opts?: IoOptions): Promise<{ size: number; stream: AsyncIterable<Uint8Array> } | undefined>;
+  openRange(req: ChunkRequest, opts?: IoOptions): Promise<PeerRange | undefined>;
   /** sha256 of every CHUNK_SIZE chunk of a blob this node holds whole and can vouch for. */
   chunkMap(digest: string, opts?: IoOptions): Promise<ChunkMap | undefined>;
   manifest(digest: string, opts?: IoOptions): Promise<{ bytes: Uint8Array; mediaType: string } | undefined>;

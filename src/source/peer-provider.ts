@@ -1,5 +1,5 @@
 import { parseManifest, type ChunkMap } from '../oci/index.ts';
-import type { ChunkRequest, ContentProvider } from '../p2p/types.ts';
+import type { ChunkRequest, ContentProvider, PeerRange } from '../p2p/types.ts';
 import type { ContentStore, IoOptions, TagRecord, VerifyOutcome } from '../store/index.ts';
 import type { PullThrough } from './pull-through.ts';
 
@@ -13,7 +13,7 @@ export class PeerContentProvider implements ContentProvider {
     this.pull = pull;
   }
 
-  openRange(req: ChunkRequest, opts?: IoOptions): Promise<{ size: number; stream: AsyncIterable<Uint8Array> } | undefined> {
+  openRange(req: ChunkRequest, opts?: IoOptions): Promise<PeerRange | undefined> {
     return this.pull.peerRange(req, opts);
   }
 

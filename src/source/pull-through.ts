@@ -6,7 +6,7 @@ import type { ByteRange, ContentStore, IoOptions, ManifestRecord, TagRecord, Ver
 import { BlobFetch } from './blob-fetch.ts';
 import type { PullMetrics } from './metrics.ts';
 import { isSeedGone, type BlobResponse, type SeedDirectory, type SeedSet } from './types.ts';
-import type { ChunkRequest, PeerNetwork } from '../p2p/types.ts';
+import type { PeerRange, ChunkRequest, PeerNetwork } from '../p2p/types.ts';
 import type { TokenBucket } from '../limits/token-bucket.ts';
 import { Digest } from '../oci/index.ts';
 
@@ -439,7 +439,7 @@ export class PullThrough {
    * more), or, when the peer names this node as the rendezvous owner, by pulling the blob through from this node's
    * seed. Undefined: not here (NOT_FOUND).
    */
-  async peerRange(req: ChunkRequest, opts: IoOptions = {}): Promise<{ size: number; stream: AsyncIterable<Uint8Array> } | undefined> {
+  async peerRange(req: ChunkRequest, opts: IoOptions = {}): Promise<PeerRange | undefined> {
     const { store } = this.opts;
     const digest = Digest.parse(req.digest).toString();
     const info = await store.statContent(digest, opts);
@@ -453,7 +453,9 @@ export class PullThrough {
       const stream = await store.readContent(digest, { start: req.start, end }, opts);
       const index = req.start / CHUNK_SIZE;
       const wholeChunk = Number.isInteger(index) && end === Math.min(info.size, req.start + CHUNK_SIZE) - 1;
-      return { size: info.size, stream: wholeChunk ? this.vouched(stream, digest, index, map.chunks[index]!) : stream };
+      // A piece the caller copied out (the data channel encrypts it) may go back to the store's read buffers.
+      const recycle = (stream as { recycle?: (chunk: Uint8Array) => void }).recycle?.bind(stream);
+      return { size: info.size, stream: wholeChunk ? this.vouched(stream, digest, index, map.chunks[index]!) : stream, ...(recycle ? { recycle } : {}) };
     }
     let fetch = [...this.fetches.values()].find((f) => f.digest === digest);
     if (!fetch && req.pull) {
