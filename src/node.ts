@@ -156,6 +156,7 @@ export async function startNode(config: ShoalConfig, opts: StartOptions = {}): P
       mdns: config.mdns,
       clearData: config.p2pClearData,
       dataPort: dataPortOf(config),
+      dataPortIsDefault: config.p2pDataPort.trim() === '',
       zone: config.zone || undefined,
       maxUploadRate: parseRate(config.maxPeerUpload),
       maxChunkStreams: config.maxChunkStreams,

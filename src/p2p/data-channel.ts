@@ -51,6 +51,8 @@ export interface DataChannelServerOptions {
   host: string;
   /** 0: any free port. */
   port: number;
+  /** The port is only the default one: when it is taken, listen on any free port instead (peers learn it from the offer). */
+  portIsDefault?: boolean;
   logger: Logger;
 }
 
@@ -81,10 +83,22 @@ export class DataChannelServer {
   }
 
   async start(): Promise<void> {
-    const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    const listen = async (port: number): Promise<Server> => {
+      const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+      server.listen({ host: this.opts.host, port });
+      await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err as Error))]);
+      return server;
+    };
+    let server: Server;
+    try {
+      server = await listen(this.opts.port);
+    } catch (err) {
+      if (!this.opts.portIsDefault || (err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err;
+      server = await listen(0);
+      const port = (server.address() as { port: number }).port;
+      this.opts.logger.warn({ wanted: this.opts.port, port }, 'the data channel\'s default port is in use; it listens on another (set p2pDataPort to choose one)');
+    }
     this.server = server;
-    server.listen({ host: this.opts.host, port: this.opts.port });
-    await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => Promise.reject(err as Error))]);
     const addr = server.address();
     this.boundPort = typeof addr === 'object' && addr ? addr.port : 0;
     this.opts.logger.info({ host: this.opts.host, port: this.boundPort }, 'p2p data channel listening');

@@ -58,6 +58,8 @@ export interface PeerServiceOptions {
   clearData?: boolean;
   /** Port of the data channel for chunk bytes (data-channel.ts), on the listen host; 0: any free port; none: off. */
   dataPort?: number;
+  /** dataPort is the default, not a setting: when it is taken, any free port does. */
+  dataPortIsDefault?: boolean;
   /** Topology label; peers in the same zone are preferred. */
   zone?: string;
   /** Serving cap in bytes per second (0: unlimited). */
@@ -140,7 +142,7 @@ export class PeerService implements PeerNetwork {
       },
       onViolation,
     });
-    if (opts.dataPort !== undefined) this.dataChannel = new DataChannelServer({ host: opts.listen.host, port: opts.dataPort, logger });
+    if (opts.dataPort !== undefined) this.dataChannel = new DataChannelServer({ host: opts.listen.host, port: opts.dataPort, portIsDefault: opts.dataPortIsDefault, logger });
     this.client = new ContentClient({
       dataChannel: this.dataChannel !== undefined,
       node: () => this.node,

@@ -131,6 +131,29 @@ describe('data channel', () => {
   });
 });
 
+describe('data channel port', () => {
+  it('a default port that is taken gives way to a free one; a port set by hand that is taken fails the start', async () => {
+    const holder = createServer();
+    holder.listen(0, '127.0.0.1');
+    await once(holder, 'listening');
+    const taken = (holder.address() as { port: number }).port;
+    const warnings: string[] = [];
+    const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) });
+    const byDefault = new DataChannelServer({ host: '127.0.0.1', port: taken, portIsDefault: true, logger: log });
+    const bySetting = new DataChannelServer({ host: '127.0.0.1', port: taken, logger });
+    try {
+      await byDefault.start();
+      assert.ok(byDefault.port > 0 && byDefault.port !== taken, 'it listens on another port');
+      assert.ok(warnings.some((w) => w.includes('p2pDataPort')), 'and says so');
+      await assert.rejects(bySetting.start(), /EADDRINUSE/);
+    } finally {
+      await byDefault.stop();
+      await bySetting.stop();
+      holder.close();
+    }
+  });
+});
+
 describe('data channel messages and settings', () => {
   it('a chunk request asks for the channel only with channel: true', () => {
     const digest = `sha256:${'a'.repeat(64)}`;
