@@ -529,7 +529,7 @@ export class KvContentStore implements ContentStore {
       if (done) return;
       done = true;
       open = false;
-      job?.drop();
+      await job?.drop();
       await file.discard();
     };
     /** The sha256 and chunk map of what was written: from the hashing thread, or this one's own pass over the file when it failed. */

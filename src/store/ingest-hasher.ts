@@ -27,8 +27,11 @@ export interface HashJob {
   written(size: number): void;
   /** The hash of the first `size` bytes; rejects when the worker failed. */
   finish(size: number): Promise<IngestHash>;
-  /** The ingest was dropped. */
-  drop(): void;
+  /**
+   * The ingest is dropped: resolves once the thread closed its handle on the file, so that removing the file frees
+   * its space at once (an open handle keeps a deleted file's blocks; a full disk needs them back).
+   */
+  drop(): Promise<void>;
 }
 
 // The worker is plain JavaScript given as source, so that it runs the same from the TypeScript sources and from the
@@ -80,8 +83,15 @@ parentPort.on('message', (m) => {
       return;
     }
     const job = jobs.get(m.id);
-    if (!job) return;
-    if (m.type === 'drop') return close(m.id);
+    if (!job) {
+      if (m.type === 'drop') parentPort.postMessage({ id: m.id, dropped: true });
+      return;
+    }
+    if (m.type === 'drop') {
+      close(m.id);
+      parentPort.postMessage({ id: m.id, dropped: true });
+      return;
+    }
     if (job.failed) {
       if (m.type === 'finish') { parentPort.postMessage({ id: m.id, error: job.failed }); close(m.id); }
       return;
@@ -105,13 +115,14 @@ parentPort.on('message', (m) => {
 });
 `;
 
-type Reply = { id: number; error: string } | ({ id: number } & IngestHash);
+type Reply = { id: number; error: string } | { id: number; dropped: true } | ({ id: number } & IngestHash);
 
 /** The hashing thread of one store: started on first use, ended by close(). */
 export class IngestHasher {
   private worker?: Worker;
   private nextId = 1;
   private readonly waiting = new Map<number, { resolve(h: IngestHash): void; reject(err: Error): void }>();
+  private readonly dropping = new Map<number, () => void>();
   private closed = false;
 
   private start(): Worker {
@@ -119,11 +130,17 @@ export class IngestHasher {
     const worker = new Worker(WORKER_SOURCE, { eval: true, name: 'shoal-ingest-hasher' });
     worker.unref();
     worker.on('message', (reply: Reply) => {
+      if ('dropped' in reply) {
+        this.dropping.get(reply.id)?.();
+        this.dropping.delete(reply.id);
+        if (this.waiting.size === 0 && this.dropping.size === 0) worker.unref();
+        return;
+      }
       const w = this.waiting.get(reply.id);
       if (!w) return;
       this.waiting.delete(reply.id);
       // Held open only while an answer is awaited: an idle hashing thread keeps no process alive.
-      if (this.waiting.size === 0) worker.unref();
+      if (this.waiting.size === 0 && this.dropping.size === 0) worker.unref();
       if ('error' in reply) w.reject(new Error(`hashing thread: ${reply.error}`));
       else w.resolve({ size: reply.size, digest: reply.digest, chunks: reply.chunks });
     });
@@ -131,6 +148,9 @@ export class IngestHasher {
       if (this.worker === worker) this.worker = undefined;
       for (const w of this.waiting.values()) w.reject(err);
       this.waiting.clear();
+      // A thread that ended holds no file open.
+      for (const done of this.dropping.values()) done();
+      this.dropping.clear();
     };
     worker.on('error', (err) => failAll(err));
     worker.on('exit', (code) => failAll(new Error(`hashing thread ended (exit ${code})`)));
@@ -163,9 +183,16 @@ export class IngestHasher {
         });
       },
       drop: () => {
-        if (ended) return;
+        if (ended || this.worker !== worker) {
+          ended = true;
+          return Promise.resolve();
+        }
         ended = true;
-        if (this.worker === worker) worker.postMessage({ type: 'drop', id });
+        return new Promise<void>((resolve) => {
+          this.dropping.set(id, resolve);
+          worker.ref();
+          worker.postMessage({ type: 'drop', id });
+        });
       },
     };
   }

@@ -16,6 +16,7 @@ import { Readable, Writable } from 'node:stream';
 import { pino } from 'pino';
 import { Registry } from 'prom-client';
 import { request } from 'undici';
+import { byteLength } from '../../src/oci/index.ts';
 import { createRegistryApp } from '../../src/registry/app.ts';
 import { RegistryMetrics } from '../../src/registry/metrics.ts';
 import { PullMetrics } from '../../src/source/metrics.ts';
@@ -59,7 +60,7 @@ class FullingBytes extends MemoryBlobBytes {
   }
   override async ingest(): Promise<IngestFile> {
     const file = await super.ingest();
-    return { ...file, append: async (chunk) => (this.disk.take(chunk.length), file.append(chunk)) };
+    return { ...file, append: async (chunk) => (this.disk.take(byteLength(chunk)), file.append(chunk)) };
   }
   override async sessionAppend(id: string, offset: number, source: AsyncIterable<Uint8Array>, onChunk: (c: Uint8Array) => void, opts?: IoOptions): Promise<number> {
     const disk = this.disk;

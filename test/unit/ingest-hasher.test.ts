@@ -7,7 +7,7 @@
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { appendFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, readdir, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CHUNK_SIZE, ChunkHasher } from '../../src/oci/index.ts';
@@ -75,6 +75,21 @@ describe('ingest hashing thread', () => {
     await appendFile(path, Buffer.from('abc'));
     const short = hasher.track(path);
     await assert.rejects(short.finish(10), /holds 3 bytes, not 10/);
+  });
+
+  it('a dropped ingest: once drop() resolves, no handle on the file is left (a full disk gets its blocks back)', async () => {
+    const path = await tempFile();
+    await appendFile(path, randomBytes(3 * CHUNK_SIZE));
+    const job = hasher.track(path);
+    job.written(3 * CHUNK_SIZE);
+    const handles = async (): Promise<number> => {
+      let n = 0;
+      for (const fd of await readdir('/proc/self/fd')) if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === path) n++;
+      return n;
+    };
+    await job.drop();
+    assert.equal(await handles(), 0);
+    await job.drop();
   });
 
   it('after close, jobs end with an error', async () => {
