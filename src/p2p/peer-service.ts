@@ -184,7 +184,7 @@ export class PeerService implements PeerNetwork {
     await this.bans.load();
     const privateKey = await loadOrCreateIdentity(this.opts.identityFile);
     const listenAddr = listen.host.includes(':') ? `/ip6/${listen.host}/tcp/${listen.port}` : `/ip4/${listen.host}/tcp/${listen.port}`;
-    // A whole chunk fits in a stream's first window, so a chunk costs one round trip (gotchas: notes on yamux).
+    // A whole chunk fits in a stream's first window, so a chunk costs one round trip.
     const streamOptions = { initialStreamWindowSize: 8 * 1024 * 1024, maxStreamWindowSize: 16 * 1024 * 1024, maxReadBufferLength: 40 * 1024 * 1024 };
     const banned = (id: PeerId): boolean => this.bans.isBanned(id.toString());
     this.node = (await createLibp2p({
