@@ -137,47 +137,38 @@ export class ContentClient {
         }
       }
     }
-    const finished = async (received: number): Promise<void> => {
-      metrics.chunkRequests.inc({ direction: 'out', outcome: 'ok' });
-      if (socket) metrics.channelTransfers.inc({ direction: 'in' });
-      await stream.close().catch(() => undefined);
-      if (received < want) throw new UnavailableError(`peer ${peer} ended a chunk early`);
-    };
-    async function* sealed(channel: ChannelConnection, sealedOffer: ChannelOffer): AsyncIterable<Uint8Array> {
+    /** The chunk's frames on the stream, each checked against what was asked. */
+    async function* frames(): AsyncGenerator<Uint8Array> {
+      let received = 0;
+      while (received < want) {
+        const frame = await readFrame(lp, opts);
+        if (frame.length === 0) throw new UnavailableError(`peer ${peer} ended a chunk early`);
+        received += frame.length;
+        if (received > want) throw new ProtocolViolation('invalid-message', `it sent more bytes than asked (${received} of ${want})`);
+        yield frame;
+      }
+    }
+    const channel = socket && offer ? { socket, offer } : undefined;
+    const source = channel ? receiveSealed(channel.socket, channel.offer, want, opts.signal ?? new AbortController().signal) : frames();
+    async function* counting(): AsyncGenerator<Uint8Array> {
       let received = 0;
       try {
-        for await (const piece of receiveSealed(channel, sealedOffer, want, opts.signal ?? new AbortController().signal)) {
+        for await (const piece of source) {
           received += piece.length;
           counted(piece.length);
           yield piece;
         }
-        await finished(received);
+        metrics.chunkRequests.inc({ direction: 'out', outcome: 'ok' });
+        if (channel) metrics.channelTransfers.inc({ direction: 'in' });
+        await stream.close().catch(() => undefined);
       } catch (err) {
         fail(err);
       } finally {
+        // The reader stopped early (a hedged chunk came from elsewhere first): drop the stream (and the channel).
         if (received < want && stream.status === 'open') stream.abort(new Error('chunk no longer wanted'));
       }
     }
-    async function* frames(): AsyncIterable<Uint8Array> {
-      let received = 0;
-      try {
-        while (received < want) {
-          const frame = await readFrame(lp, opts);
-          if (frame.length === 0) throw new UnavailableError(`peer ${peer} ended a chunk early`);
-          received += frame.length;
-          if (received > want) throw new ProtocolViolation('invalid-message', `it sent more bytes than asked (${received} of ${want})`);
-          counted(frame.length);
-          yield frame;
-        }
-        await finished(received);
-      } catch (err) {
-        fail(err);
-      } finally {
-        // The reader stopped early (a hedged chunk came from elsewhere first): drop the stream.
-        if (received < want && stream.status === 'open') stream.abort(new Error('chunk no longer wanted'));
-      }
-    }
-    return { size, stream: socket && offer ? sealed(socket, offer) : frames() };
+    return { size, stream: counting() };
   }
 
   async fetchChunkMap(peer: string, digest: string, opts: IoOptions & { size?: number } = {}): Promise<ChunkMap | undefined> {

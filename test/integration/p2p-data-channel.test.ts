@@ -16,6 +16,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { writeClusterKey } from '../../src/p2p/keys.ts';
 import { scrape } from '../helpers/metrics.ts';
+import { pushBlob } from '../helpers/oci-client.ts';
 import { recordingRelay, type RecordingRelay } from '../helpers/relay.ts';
 import { freePort } from '../helpers/seed-registry.ts';
 import { ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
@@ -24,18 +25,6 @@ import { waitFor } from '../helpers/cluster.ts';
 const MiB = 1024 * 1024;
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const HOLDER_HOST = '127.0.0.2';
-
-async function pushBlob(node: ShoalProcess, repo: string, blob: Buffer): Promise<string> {
-  const digest = sha256(blob);
-  const start = await fetch(`${node.url}/v2/${repo}/blobs/uploads/`, { method: 'POST' });
-  await start.arrayBuffer();
-  const url = new URL(start.headers.get('location')!, node.url);
-  url.searchParams.set('digest', digest);
-  const res = await fetch(url, { method: 'PUT', body: blob, headers: { 'content-type': 'application/octet-stream' } });
-  await res.arrayBuffer();
-  assert.equal(res.status, 201);
-  return digest;
-}
 
 async function getBlob(node: ShoalProcess, repo: string, digest: string): Promise<{ status: number; bytes: Buffer }> {
   const res = await fetch(`${node.url}/v2/${repo}/blobs/${digest}`);
@@ -89,7 +78,7 @@ describe('the data channel between peers', () => {
     });
     const blobs = [randomBytes(9 * MiB + 12345), randomBytes(5 * MiB)];
     const digests = [];
-    for (const blob of blobs) digests.push(await pushBlob(holder, 'dc/app', blob));
+    for (const blob of blobs) digests.push(await pushBlob(holder.url, 'dc/app', blob));
     return { keyFile, blobs, digests, p2p, data, holder };
   }
 
