@@ -324,9 +324,11 @@ export async function* receiveSealed(conn: ChannelConnection, offer: ChannelOffe
       queue.push(out);
       queued += out.length;
     }
+    // Everything asked for and the tag are here: the answer is complete whether or not the holder closes.
+    if (received === want && tagLength === TAG_BYTES) ended = true;
     wake?.();
     paused = queued >= HIGH_WATER;
-    return !paused;
+    return !paused && !ended;
   };
   const onEnd = (): void => {
     ended = true;
