@@ -51,7 +51,11 @@ export async function peersCommand(flags: { node: string; json?: boolean } & Reg
     formatBytes(p.bytesOut),
     String(p.blobs),
     p.zone ?? '-',
-    p.bannedUntil ? `banned (${p.ban?.reason ?? 'ban'}) until ${new Date(p.bannedUntil).toISOString()}` : 'ok',
+    p.bannedUntil
+      ? `banned (${p.ban?.reason ?? 'ban'}) until ${new Date(p.bannedUntil).toISOString()}`
+      : p.dataPortUnreachableUntil
+        ? `ok; its data port is unreachable, chunks over the peer connection until ${new Date(p.dataPortUnreachableUntil).toISOString()}`
+        : 'ok',
   ]);
   const header = ['PEER', 'ADDRESS', 'RTT', 'THROUGHPUT', 'RECEIVED', 'SENT', 'BLOBS', 'ZONE', 'STATE'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));

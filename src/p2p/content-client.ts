@@ -81,6 +81,12 @@ export class ContentClient {
     return new UnavailableError(`${what} from peer ${peer} failed: ${(err as Error).message}`);
   }
 
+  /** Until when a peer's data port is left alone because it could not be reached (undefined: it is not). */
+  dataPortUnreachableUntil(peer: string): number | undefined {
+    const until = this.channelDown.get(peer);
+    return until !== undefined && until > Date.now() ? until : undefined;
+  }
+
   private wantsChannel(peer: string): boolean {
     if (!this.opts.dataChannel) return false;
     const until = this.channelDown.get(peer);

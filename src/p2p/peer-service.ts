@@ -321,6 +321,7 @@ export class PeerService implements PeerNetwork {
         zone: p.zone,
         blobs: this.inventory.index.count(id),
         ...(ban ? { bannedUntil: ban.until, ban: { reason: ban.reason, detail: ban.detail, since: ban.since, until: ban.until } } : {}),
+        ...(this.client.dataPortUnreachableUntil(id) ? { dataPortUnreachableUntil: this.client.dataPortUnreachableUntil(id) } : {}),
       };
     });
     for (const ban of this.bans.list()) {

@@ -102,6 +102,8 @@ export interface PeerSummary {
   blobs: number;
   bannedUntil?: number;
   ban?: BanSummary;
+  /** This node could not reach the peer's data port: chunks from it come over the peer connection until then. */
+  dataPortUnreachableUntil?: number;
 }
 
 export interface PeerTagRecord extends TagRecord {

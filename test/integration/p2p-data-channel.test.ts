@@ -6,8 +6,8 @@
  *
  * - default settings: the blob arrives verified over the data channel, and none of its bytes are readable on the
  *   wire while the sealed bytes are there;
- * - the data port cannot be reached: the puller says so on the chunk stream and gets the bytes there, and does not
- *   try the data port again for the next blob;
+ * - the data port cannot be reached: the puller says so on the chunk stream and gets the bytes there, does not
+ *   try the data port again for the next blob, and `shoal peers` shows it;
  * - a holder with the data channel off: the bytes come on the peer connection.
  */
 import { after, describe, it } from 'node:test';
@@ -19,7 +19,7 @@ import { scrape } from '../helpers/metrics.ts';
 import { pushBlob } from '../helpers/oci-client.ts';
 import { recordingRelay, type RecordingRelay } from '../helpers/relay.ts';
 import { freePort } from '../helpers/seed-registry.ts';
-import { ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
+import { runShoal, ShoalProcesses, type ShoalProcess } from '../helpers/spawn-node.ts';
 import { waitFor } from '../helpers/cluster.ts';
 
 const MiB = 1024 * 1024;
@@ -122,6 +122,13 @@ describe('the data channel between peers', () => {
     assert.equal(m.get('shoal_peer_data_channel_fallbacks_total'), fallbacks, 'no new attempt at the data port');
     assert.equal(m.get('shoal_peer_data_channel_transfers_total', { direction: 'in' }), 0);
     assert.match(b.stdoutLines.join('\n'), /data channel cannot be reached/);
+    // The operator sees it: in /shoal/peers, and in `shoal peers`.
+    const view = (await (await fetch(`${b.url}/shoal/peers`)).json()) as { peers: Array<{ blobs: number; dataPortUnreachableUntil?: number }> };
+    const holderRow = view.peers.find((p) => p.blobs > 0);
+    assert.ok(holderRow?.dataPortUnreachableUntil && holderRow.dataPortUnreachableUntil > Date.now(), 'the holder is listed with its data port unreachable');
+    const listed = await runShoal(['peers', '--node', b.url]);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match(listed.stdout, /data port is unreachable, chunks over the peer connection until/);
   });
 
   it('a holder with --p2p-data-port off serves on the peer connection', { timeout: 120_000 }, async () => {

@@ -141,7 +141,9 @@ function drawPeers(p) {
   const rows = p.peers.map((x) => {
     const state = x.bannedUntil
       ? el('span', { class: 'pill banned', title: x.ban ? x.ban.detail : '', text: `banned: ${x.ban ? x.ban.reason : 'ban'} until ${new Date(x.bannedUntil).toLocaleTimeString()}` })
-      : el('span', { class: 'pill ok', text: 'ok' });
+      : x.dataPortUnreachableUntil
+        ? el('span', { class: 'pill ok', title: 'its data port cannot be reached from this node: chunks come over the peer connection', text: `ok · data port unreachable until ${new Date(x.dataPortUnreachableUntil).toLocaleTimeString()}` })
+        : el('span', { class: 'pill ok', text: 'ok' });
     return el(
       'tr',
       {},
