@@ -93,6 +93,16 @@ export async function p2pBench(): Promise<void> {
     const portA2 = await freePort();
     const portC = await freePort();
     const portS = await freePort();
+    /** A holder on `port` and a node that pulls the blob from it, both with `args`: the puller's figures. */
+    const pairPull = async (port: number, args: string[]): Promise<Awaited<ReturnType<typeof cpuPerMiB>>> => {
+      const holder = await node(['--p2p-listen', `127.0.0.1:${port}`, '--cluster-key', keyFile, ...args]);
+      await push(holder.url, 'bench/p2p', blob, digest);
+      const puller = await node(['--p2p-listen', `127.0.0.1:${await freePort()}`, '--cluster-key', keyFile, '--peer', `127.0.0.1:${port}`, ...args]);
+      await waitForInventory(puller, 1);
+      const figures = await cpuPerMiB(puller.child.pid!, () => pull(puller.url, 'bench/p2p', digest, true));
+      await Promise.all([puller.terminate(), holder.terminate()]);
+      return figures;
+    };
     const a = await node(['--p2p-listen', `127.0.0.1:${portA}`, '--cluster-key', keyFile]);
     const a2 = await node(['--p2p-listen', `127.0.0.1:${portA2}`, '--cluster-key', keyFile]);
     await push(a.url, 'bench/p2p', blob, digest);
@@ -108,26 +118,16 @@ export async function p2pBench(): Promise<void> {
       await b.terminate();
       // The bytes on the peer connection (Noise, Yamux), the data channel off on both ends; BENCH_P2P_STREAM=0: not.
       if (process.env.BENCH_P2P_STREAM !== '0') {
-        const sa = await node(['--p2p-listen', `127.0.0.1:${portS}`, '--cluster-key', keyFile, '--p2p-data-port', 'off']);
-        await push(sa.url, 'bench/p2p', blob, digest);
-        const sb = await node(['--p2p-listen', `127.0.0.1:${await freePort()}`, '--cluster-key', keyFile, '--peer', `127.0.0.1:${portS}`, '--p2p-data-port', 'off']);
-        await waitForInventory(sb, 1);
-        const viaStream = await cpuPerMiB(sb.child.pid!, () => pull(sb.url, 'bench/p2p', digest, true));
+        const viaStream = await pairPull(portS, ['--p2p-data-port', 'off']);
         streamS.push(viaStream.mbps);
         streamCpu.push(viaStream.cpuMsPerMiB);
         streamMain.push(viaStream.mainMsPerMiB);
-        await Promise.all([sb.terminate(), sa.terminate()]);
       }
       // The same with --p2p-clear-data on both ends (Noise handshake, unencrypted bytes); BENCH_P2P_CLEAR=0: not.
       if (process.env.BENCH_P2P_CLEAR !== '0') {
-        const ca = await node(['--p2p-listen', `127.0.0.1:${portC}`, '--cluster-key', keyFile, '--p2p-clear-data', '--p2p-data-port', 'off']);
-        await push(ca.url, 'bench/p2p', blob, digest);
-        const cb = await node(['--p2p-listen', `127.0.0.1:${await freePort()}`, '--cluster-key', keyFile, '--peer', `127.0.0.1:${portC}`, '--p2p-clear-data', '--p2p-data-port', 'off']);
-        await waitForInventory(cb, 1);
-        const clear = await cpuPerMiB(cb.child.pid!, () => pull(cb.url, 'bench/p2p', digest, true));
+        const clear = await pairPull(portC, ['--p2p-clear-data', '--p2p-data-port', 'off']);
         clearS.push(clear.mbps);
         clearCpu.push(clear.cpuMsPerMiB);
-        await Promise.all([cb.terminate(), ca.terminate()]);
       }
       const c = await node(['--p2p-listen', `127.0.0.1:${await freePort()}`, '--cluster-key', keyFile, '--peer', `127.0.0.1:${portA}`, '--peer', `127.0.0.1:${portA2}`]);
       await waitForInventory(c, 2);

@@ -10,6 +10,11 @@ export interface ChunkMap {
   chunks: string[];
 }
 
+/** Whether `length` bytes at `offset` are exactly one whole chunk. */
+export function isWholeChunk(offset: number, length: number): boolean {
+  return offset % CHUNK_SIZE === 0 && length === CHUNK_SIZE;
+}
+
 /** How many chunks a blob of `size` bytes has. */
 export function chunkCount(size: number): number {
   return Math.ceil(size / CHUNK_SIZE);
@@ -28,7 +33,7 @@ export class ChunkHasher {
    * the chunk map.
    */
   update(data: Bytes, knownHash?: string): void {
-    if (knownHash !== undefined && this.inChunk === 0 && byteLength(data) === CHUNK_SIZE) {
+    if (knownHash !== undefined && isWholeChunk(this.total, byteLength(data))) {
       this.chunks.push(knownHash);
       this.total += CHUNK_SIZE;
       return;

@@ -84,16 +84,8 @@ export class ContentClient {
   /** Until when a peer's data port is left alone because it could not be reached (undefined: it is not). */
   dataPortUnreachableUntil(peer: string): number | undefined {
     const until = this.channelDown.get(peer);
+    if (until !== undefined && until <= Date.now()) this.channelDown.delete(peer);
     return until !== undefined && until > Date.now() ? until : undefined;
-  }
-
-  private wantsChannel(peer: string): boolean {
-    if (!this.opts.dataChannel) return false;
-    const until = this.channelDown.get(peer);
-    if (until === undefined) return true;
-    if (until > Date.now()) return false;
-    this.channelDown.delete(peer);
-    return true;
   }
 
   async fetchRange(peer: string, req: ChunkRequest, opts: IoOptions = {}): Promise<{ size: number; stream: AsyncIterable<Uint8Array> }> {
@@ -109,7 +101,8 @@ export class ContentClient {
     let size: number;
     let offer: ChannelOffer | undefined;
     try {
-      await writeJson(lp, this.wantsChannel(peer) ? { ...req, channel: true } : req, opts);
+      const wantsChannel = this.opts.dataChannel === true && this.dataPortUnreachableUntil(peer) === undefined;
+      await writeJson(lp, wantsChannel ? { ...req, channel: true } : req, opts);
       const header = parseChunkHeader(await readJson(lp, opts));
       if (header.status === 'NOT_FOUND') throw new NotFoundError('BLOB_UNKNOWN', `peer ${peer} does not have ${req.digest}`);
       if (header.status !== 'OK') throw new UnavailableError(`peer ${peer} answered ${header.status}${header.status === 'ERROR' ? `: ${header.message}` : ''}`);
@@ -124,14 +117,15 @@ export class ContentClient {
       if (state) state.bytesIn += n;
       metrics.bytes.inc({ direction: 'in' }, n);
     };
-    let socket: ChannelConnection | undefined;
+    const signal = opts.signal ?? new AbortController().signal;
+    let channel: ChannelConnection | undefined;
     if (offer) {
       try {
         const host = hostOf(conn.remoteAddr);
         if (!host) throw new UnavailableError(`no IP address in ${conn.remoteAddr.toString()}`);
-        socket = await openChannel(host, offer, opts.signal ?? new AbortController().signal);
+        channel = await openChannel(host, offer, signal);
       } catch (err) {
-        if (opts.signal?.aborted) return fail(err);
+        if (signal.aborted) return fail(err);
         // Its data port is closed to this node (a firewall, another address): the bytes come on the stream.
         this.channelDown.set(peer, Date.now() + CHANNEL_RETRY_MS);
         metrics.channelFallbacks.inc();
@@ -154,8 +148,7 @@ export class ContentClient {
         yield frame;
       }
     }
-    const channel = socket && offer ? { socket, offer } : undefined;
-    const source = channel ? receiveSealed(channel.socket, channel.offer, want, opts.signal ?? new AbortController().signal) : frames();
+    const source = channel && offer ? receiveSealed(channel, offer, want, signal) : frames();
     async function* counting(): AsyncGenerator<Uint8Array> {
       let received = 0;
       try {

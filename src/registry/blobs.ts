@@ -3,6 +3,7 @@ import { Digest, UnsupportedError } from '../oci/index.ts';
 import type { RegistryDeps, RouteParams, RegistryState } from './context.ts';
 import { parseRangeHeader } from './http.ts';
 import { countWritten } from './streams.ts';
+import { recyclerOf } from '../store/index.ts';
 import { emptyResponse, requireRepository } from './repositories.ts';
 import { gateBlob } from './policy.ts';
 
@@ -47,7 +48,6 @@ export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams):
     );
   }
   // A stored blob's read buffers go back to the store's pool once written out (PooledFileReader).
-  const recycle = (stream as { recycle?: (chunk: Uint8Array) => void }).recycle?.bind(stream);
   countWritten(
     ctx.res,
     (n) => {
@@ -56,7 +56,7 @@ export async function getBlob(ctx: Context, deps: RegistryDeps, p: RouteParams):
       // Fetched bytes are counted by the fetch as they arrive (from peers or the seed), once however many clients.
       if (info.source === 'local') deps.pullMetrics.pullBytes.inc({ source: 'local' }, n);
     },
-    recycle,
+    recyclerOf(stream),
   );
   ctx.body = stream;
 }

@@ -3,6 +3,7 @@ import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { AbortedError, CHUNK_SIZE, NotFoundError, UnavailableError, isShoalError, parseManifest, effectiveArtifactType, parseStoreRepositoryName, storeRepositoryName } from '../oci/index.ts';
 import type { ByteRange, ContentStore, IoOptions, ManifestRecord, TagRecord, VerifyOutcome } from '../store/index.ts';
+import { recyclerOf } from '../store/index.ts';
 import { BlobFetch } from './blob-fetch.ts';
 import type { PullMetrics } from './metrics.ts';
 import { isSeedGone, type BlobResponse, type SeedDirectory, type SeedSet } from './types.ts';
@@ -454,7 +455,7 @@ export class PullThrough {
       const index = req.start / CHUNK_SIZE;
       const wholeChunk = Number.isInteger(index) && end === Math.min(info.size, req.start + CHUNK_SIZE) - 1;
       // A piece the caller copied out (the data channel encrypts it) may go back to the store's read buffers.
-      const recycle = (stream as { recycle?: (chunk: Uint8Array) => void }).recycle?.bind(stream);
+      const recycle = recyclerOf(stream);
       return { size: info.size, stream: wholeChunk ? this.vouched(stream, digest, index, map.chunks[index]!) : stream, ...(recycle ? { recycle } : {}) };
     }
     let fetch = [...this.fetches.values()].find((f) => f.digest === digest);

@@ -158,6 +158,11 @@ export class ReadBufferPool {
   }
 }
 
+/** What hands a stream's chunks back to its pool once they are written out; undefined for a stream without one. */
+export function recyclerOf(stream: unknown): ((chunk: Uint8Array) => void) | undefined {
+  return stream instanceof PooledFileReader ? (chunk) => stream.recycle(chunk) : undefined;
+}
+
 /**
  * A stored blob's bytes (inclusive range) read into pooled buffers. Whoever has written a chunk out and no longer
  * refers to it may hand it back with `recycle(chunk)`; one never handed back is simply collected.
@@ -272,8 +277,8 @@ export class DiskBlobBytes implements BlobBytes {
     });
     try {
       const highWaterMark = this.openReads >= LARGE_READS ? SHARED_READ_CHUNK : READ_CHUNK;
-      const end = range?.end ?? (await fh.stat()).size - 1;
-      const stream = new PooledFileReader(fh, { start: range?.start ?? 0, end }, this.readBuffers, highWaterMark);
+      // Without a range it reads to the end of the file (a read that returns nothing ends it).
+      const stream = new PooledFileReader(fh, { start: range?.start ?? 0, end: range?.end ?? Number.POSITIVE_INFINITY }, this.readBuffers, highWaterMark);
       this.openReads++;
       stream.once('close', () => this.openReads--);
       return stream;

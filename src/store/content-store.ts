@@ -3,12 +3,12 @@ import { join } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
-import { AbortedError, byteLength, CHUNK_SIZE, ChunkHasher, pieces, KeyedMutex, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, UnsupportedError, diskFullCode, type ChunkMap } from '../oci/index.ts';
+import { AbortedError, byteLength, ChunkHasher, KeyedMutex, Digest, DigestHasher, DigestMismatchError, InvalidError, NotFoundError, ShoalError, UnsupportedError, diskFullCode, type ChunkMap } from '../oci/index.ts';
 import { DiskBlobBytes, MemoryBlobBytes, type BlobBytes } from './bytes.ts';
 import { keyParts, keys, lastPart } from './keys.ts';
 import { migrateStore } from './migrations.ts';
 import { LevelKeyValueStore, MemoryKeyValueStore, type KeyValueStore, type KvOp } from './kv.ts';
-import { IngestHasher, type HashJob } from './ingest-hasher.ts';
+import { IngestHasher, inlineHashJob, type HashJob, type IngestHash } from './ingest-hasher.ts';
 import { crashPoint } from './crash-points.ts';
 import type {
   AppendOptions,
@@ -512,16 +512,15 @@ export class KvContentStore implements ContentStore {
 
   async openIngest(): Promise<Ingest> {
     const file = await this.bytes.ingest();
-    // A file on disk is hashed on the hashing thread as it is written; bytes in memory (tests) here.
-    let job: HashJob | undefined;
+    // A file on disk is hashed on the hashing thread as it is written; bytes in memory (tests) on this one.
+    let job: HashJob = inlineHashJob();
     if (file.path) {
       try {
         job = this.ingestHasher.track(file.path);
       } catch {
-        job = undefined;
+        // the store is closing: this thread hashes
       }
     }
-    const inline = job ? undefined : { digest: new DigestHasher('sha256'), chunks: new ChunkHasher() };
     let size = 0;
     let open = true;
     let done = false;
@@ -529,27 +528,26 @@ export class KvContentStore implements ContentStore {
       if (done) return;
       done = true;
       open = false;
-      await job?.drop();
+      await job.drop();
       await file.discard();
     };
-    /** The sha256 and chunk map of what was written: from the hashing thread, or this one's own pass over the file when it failed. */
+    /** The sha256 and chunk map of what was written; when the hashing thread failed, this thread hashes the file. */
     const hashed = async (): Promise<{ digest: string; chunks: ChunkMap }> => {
-      if (inline) return { digest: inline.digest.digest().toString(), chunks: inline.chunks.map() };
+      let h: IngestHash;
       try {
-        const h = await job!.finish(size);
-        if (h.size !== size) throw new Error(`the hashing thread read ${h.size} bytes of ${size}`);
-        return { digest: `sha256:${h.digest}`, chunks: { size, chunks: h.chunks } };
+        h = await job.finish(size);
       } catch {
-        const digest = new DigestHasher('sha256');
-        const chunks = new ChunkHasher();
+        const again = inlineHashJob();
+        let offset = 0;
         if (size > 0) {
           for await (const c of await file.read({ start: 0, end: size - 1 })) {
-            digest.update(c as Uint8Array);
-            chunks.update(c as Uint8Array);
+            again.appended(c as Uint8Array, offset);
+            offset += (c as Uint8Array).length;
           }
         }
-        return { digest: digest.digest().toString(), chunks: chunks.map() };
+        h = await again.finish(size);
       }
+      return { digest: `sha256:${h.digest}`, chunks: { size, chunks: h.chunks } };
     };
     const ingest: Ingest = {
       get size() {
@@ -559,15 +557,8 @@ export class KvContentStore implements ContentStore {
         checkAbort(opts.signal);
         if (!open) throw new ShoalError('INTERNAL', 'write to a blob that is already committed or aborted');
         await file.append(chunk);
-        const length = byteLength(chunk);
-        if (inline) {
-          for (const piece of pieces(chunk)) inline.digest.update(piece);
-          inline.chunks.update(chunk, opts.chunkHash);
-        } else {
-          if (opts.chunkHash !== undefined && size % CHUNK_SIZE === 0 && length === CHUNK_SIZE) job!.known(size / CHUNK_SIZE, opts.chunkHash);
-          job!.written(size + length);
-        }
-        size += length;
+        job.appended(chunk, size, opts.chunkHash);
+        size += byteLength(chunk);
       },
       read: (range) => file.read(range),
       commit: async (repository, expect, opts = {}) => {

@@ -1,5 +1,6 @@
+import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
-import { CHUNK_SIZE } from '../oci/index.ts';
+import { byteLength, CHUNK_SIZE, ChunkHasher, isWholeChunk, pieces, type Bytes } from '../oci/index.ts';
 
 /**
  * Hashes blobs being written on a thread of their own. A blob's sha256 and its chunk map cost one pass each over
@@ -19,19 +20,38 @@ export interface IngestHash {
   chunks: string[];
 }
 
-/** One ingest file followed by the worker. */
+/** How an ingest's bytes are hashed: on the hashing thread (IngestHasher.track) or on this one (inlineHashJob). */
 export interface HashJob {
-  /** A whole chunk at `index` whose sha256 the writer already knows: the worker does not hash it again. */
-  known(index: number, hash: string): void;
-  /** The file holds `size` bytes now. */
-  written(size: number): void;
-  /** The hash of the first `size` bytes; rejects when the worker failed. */
+  /**
+   * `bytes` were appended at `offset` (and are in the file). `knownHash` is the sha256 hex of exactly these bytes
+   * when the writer already checked them: a whole chunk is then not hashed again for the chunk map.
+   */
+  appended(bytes: Bytes, offset: number, knownHash?: string): void;
+  /** The hash of the first `size` bytes; rejects when the hashing thread failed. */
   finish(size: number): Promise<IngestHash>;
   /**
    * The ingest is dropped: resolves once the thread closed its handle on the file, so that removing the file frees
    * its space at once (an open handle keeps a deleted file's blocks; a full disk needs them back).
    */
   drop(): Promise<void>;
+}
+
+/** Hashing on the calling thread: for bytes that are not in a file, and for a file the hashing thread failed on. */
+export function inlineHashJob(): HashJob {
+  const digest = createHash('sha256');
+  const chunks = new ChunkHasher();
+  return {
+    appended: (bytes, _offset, knownHash) => {
+      for (const piece of pieces(bytes)) digest.update(piece);
+      chunks.update(bytes, knownHash);
+    },
+    finish: async (size) => {
+      const map = chunks.map();
+      if (map.size !== size) throw new Error(`${map.size} bytes were hashed, not ${size}`);
+      return { size, digest: digest.digest('hex'), chunks: map.chunks };
+    },
+    drop: async () => undefined,
+  };
 }
 
 // The worker is plain JavaScript given as source, so that it runs the same from the TypeScript sources and from the
@@ -121,8 +141,8 @@ type Reply = { id: number; error: string } | { id: number; dropped: true } | ({ 
 export class IngestHasher {
   private worker?: Worker;
   private nextId = 1;
-  private readonly waiting = new Map<number, { resolve(h: IngestHash): void; reject(err: Error): void }>();
-  private readonly dropping = new Map<number, () => void>();
+  /** Answers awaited (a finish or a drop), by job id. While there are some, the thread holds the process open. */
+  private readonly awaited = new Map<number, { settle(reply: Reply): void; fail(err: Error): void }>();
   private closed = false;
 
   private start(): Worker {
@@ -130,32 +150,29 @@ export class IngestHasher {
     const worker = new Worker(WORKER_SOURCE, { eval: true, name: 'shoal-ingest-hasher' });
     worker.unref();
     worker.on('message', (reply: Reply) => {
-      if ('dropped' in reply) {
-        this.dropping.get(reply.id)?.();
-        this.dropping.delete(reply.id);
-        if (this.waiting.size === 0 && this.dropping.size === 0) worker.unref();
-        return;
-      }
-      const w = this.waiting.get(reply.id);
+      const w = this.awaited.get(reply.id);
       if (!w) return;
-      this.waiting.delete(reply.id);
-      // Held open only while an answer is awaited: an idle hashing thread keeps no process alive.
-      if (this.waiting.size === 0 && this.dropping.size === 0) worker.unref();
-      if ('error' in reply) w.reject(new Error(`hashing thread: ${reply.error}`));
-      else w.resolve({ size: reply.size, digest: reply.digest, chunks: reply.chunks });
+      this.awaited.delete(reply.id);
+      // An idle hashing thread keeps no process alive.
+      if (this.awaited.size === 0) worker.unref();
+      w.settle(reply);
     });
     const failAll = (err: Error): void => {
       if (this.worker === worker) this.worker = undefined;
-      for (const w of this.waiting.values()) w.reject(err);
-      this.waiting.clear();
-      // A thread that ended holds no file open.
-      for (const done of this.dropping.values()) done();
-      this.dropping.clear();
+      for (const w of this.awaited.values()) w.fail(err);
+      this.awaited.clear();
     };
     worker.on('error', (err) => failAll(err));
     worker.on('exit', (code) => failAll(new Error(`hashing thread ended (exit ${code})`)));
     this.worker = worker;
     return worker;
+  }
+
+  /** Sends a job's last message and waits for its answer. */
+  private ask(worker: Worker, id: number, message: object, settle: (reply: Reply) => void, fail: (err: Error) => void): void {
+    this.awaited.set(id, { settle, fail });
+    worker.ref();
+    worker.postMessage(message);
   }
 
   /** Follows the ingest file at `path` (empty at this point) as it is written. */
@@ -165,35 +182,27 @@ export class IngestHasher {
     const id = this.nextId++;
     worker.postMessage({ type: 'open', id, path });
     let ended = false;
+    /** The job's last message, once: false when it already had one or the thread is gone. */
+    const last = (): boolean => {
+      const live = !ended && this.worker === worker;
+      ended = true;
+      return live;
+    };
     return {
-      known: (index, hash) => {
-        if (!ended) worker.postMessage({ type: 'known', id, index, hash });
+      appended: (bytes, offset, knownHash) => {
+        if (ended) return;
+        const length = byteLength(bytes);
+        if (knownHash !== undefined && isWholeChunk(offset, length)) worker.postMessage({ type: 'known', id, index: offset / CHUNK_SIZE, hash: knownHash });
+        worker.postMessage({ type: 'upto', id, size: offset + length });
       },
-      written: (size) => {
-        if (!ended) worker.postMessage({ type: 'upto', id, size });
-      },
-      finish: (size) => {
-        if (ended) return Promise.reject(new Error('the hash job has ended'));
-        ended = true;
-        if (this.worker !== worker) return Promise.reject(new Error('the hashing thread ended'));
-        return new Promise<IngestHash>((resolve, reject) => {
-          this.waiting.set(id, { resolve, reject });
-          worker.ref();
-          worker.postMessage({ type: 'finish', id, size });
-        });
-      },
-      drop: () => {
-        if (ended || this.worker !== worker) {
-          ended = true;
-          return Promise.resolve();
-        }
-        ended = true;
-        return new Promise<void>((resolve) => {
-          this.dropping.set(id, resolve);
-          worker.ref();
-          worker.postMessage({ type: 'drop', id });
-        });
-      },
+      finish: (size) =>
+        last()
+          ? new Promise<IngestHash>((resolve, reject) =>
+              this.ask(worker, id, { type: 'finish', id, size }, (r) => ('error' in r ? reject(new Error(`hashing thread: ${r.error}`)) : 'dropped' in r ? reject(new Error('the hash job was dropped')) : resolve({ size: r.size, digest: r.digest, chunks: r.chunks })), reject),
+            )
+          : Promise.reject(new Error('the hash job has ended, or its thread has')),
+      // A thread that ended holds no file open.
+      drop: () => (last() ? new Promise<void>((resolve) => this.ask(worker, id, { type: 'drop', id }, () => resolve(), () => resolve())) : Promise.resolve()),
     };
   }
 

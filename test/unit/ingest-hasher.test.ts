@@ -41,8 +41,8 @@ describe('ingest hashing thread', () => {
         if (written >= size) break;
         const part = bytes.subarray(written, written + piece);
         await appendFile(path, part);
+        job.appended(part, written);
         written += part.length;
-        job.written(written);
       }
       await appendFile(path, bytes.subarray(written));
       const got = await job.finish(size);
@@ -57,12 +57,12 @@ describe('ingest hashing thread', () => {
     const path = await tempFile();
     const job = hasher.track(path);
     await appendFile(path, bytes.subarray(0, CHUNK_SIZE));
-    job.written(CHUNK_SIZE);
+    job.appended(bytes.subarray(0, CHUNK_SIZE), 0);
     // A stand-in value shows that the given hash is what the map holds (callers give hashes they checked).
     const stand = 'f'.repeat(64);
-    job.known(1, stand);
     await appendFile(path, bytes.subarray(CHUNK_SIZE));
-    job.written(bytes.length);
+    job.appended(bytes.subarray(CHUNK_SIZE, 2 * CHUNK_SIZE), CHUNK_SIZE, stand);
+    job.appended(bytes.subarray(2 * CHUNK_SIZE), 2 * CHUNK_SIZE, 'e'.repeat(64));
     const got = await job.finish(bytes.length);
     assert.equal(got.digest, hex(bytes), 'the digest is still computed from every byte');
     assert.deepEqual(got.chunks, [hex(bytes.subarray(0, CHUNK_SIZE)), stand, hex(bytes.subarray(2 * CHUNK_SIZE))]);
@@ -81,7 +81,7 @@ describe('ingest hashing thread', () => {
     const path = await tempFile();
     await appendFile(path, randomBytes(3 * CHUNK_SIZE));
     const job = hasher.track(path);
-    job.written(3 * CHUNK_SIZE);
+    job.appended(Buffer.alloc(3 * CHUNK_SIZE), 0);
     const handles = async (): Promise<number> => {
       let n = 0;
       for (const fd of await readdir('/proc/self/fd')) if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === path) n++;
@@ -106,12 +106,21 @@ describe('a store on disk hashes ingests on that thread', () => {
   it('commits blobs under the digest of their bytes and keeps their chunk maps', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'shoal-hash-store-'));
     const store = await openDiskStore(dir);
+    // Watch the thread's answers: the digest must come from it, not from the store's fallback.
+    const thread = (store as unknown as { ingestHasher: IngestHasher }).ingestHasher;
+    const answers: string[] = [];
+    const track = thread.track.bind(thread);
+    thread.track = (path) => {
+      const job = track(path);
+      return { ...job, finish: async (size) => (await job.finish(size).then((h) => (answers.push(h.digest), h))) };
+    };
     try {
       const bytes = randomBytes(CHUNK_SIZE + 999);
       const ingest = await store.openIngest();
       for (let i = 0; i < bytes.length; i += 300_000) await ingest.append(bytes.subarray(i, i + 300_000));
       const info = await ingest.commit('hash/app', { digest: `sha256:${hex(bytes)}` });
       assert.deepEqual(info, { digest: `sha256:${hex(bytes)}`, size: bytes.length });
+      assert.deepEqual(answers, [hex(bytes)], 'the hashing thread gave the digest');
       assert.deepEqual(await store.chunkMap(info.digest), { size: bytes.length, chunks: [hex(bytes.subarray(0, CHUNK_SIZE)), hex(bytes.subarray(CHUNK_SIZE))] });
       const wrong = await store.openIngest();
       await wrong.append(bytes.subarray(0, 100));
