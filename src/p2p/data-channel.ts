@@ -29,18 +29,18 @@ export interface ChannelOffer {
 
 /** Sent first on a data connection, before the ticket. */
 const HELLO = Buffer.from('shoal-data/1\n');
-const TICKET_BYTES = 16;
-const KEY_BYTES = 32;
-const NONCE_BYTES = 12;
+export const TICKET_BYTES = 16;
+export const KEY_BYTES = 32;
+export const NONCE_BYTES = 12;
 const TAG_BYTES = 16;
 /** An offered ticket waits this long for its connection. */
-export const CLAIM_MS = 10_000;
+const CLAIM_MS = 10_000;
 /** A connection that has not presented a ticket after this long is closed. */
 const HELLO_MS = 5_000;
 /** Connections at once that have not yet presented a ticket; more are closed on arrival. */
 const MAX_UNCLAIMED = 256;
 /** How long the asking side waits for the data port to accept. */
-export const CONNECT_MS = 3_000;
+const CONNECT_MS = 3_000;
 
 interface PendingTicket {
   resolve(socket: Socket | undefined): void;

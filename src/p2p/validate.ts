@@ -1,7 +1,7 @@
 import { Digest, isValidChunkMap, isValidRegistryHost, isValidRepositoryName, isValidTag, type ChunkMap } from '../oci/index.ts';
 import { ProtocolViolation } from './wire.ts';
 import type { ChunkRequest, PullHint } from './types.ts';
-import type { ChannelOffer } from './data-channel.ts';
+import { KEY_BYTES, NONCE_BYTES, TICKET_BYTES, type ChannelOffer } from './data-channel.ts';
 
 /**
  * Everything a peer sends is checked here with the registry API's own rules (digests, repository names, tags,
@@ -117,7 +117,7 @@ function channelOffer(value: unknown): ChannelOffer | undefined {
   if (typeof value !== 'object' || Array.isArray(value)) invalid('channel offer is not an object');
   const v = value as Record<string, unknown>;
   if (typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535) invalid('channel port is not a port number');
-  return { port: v.port, ticket: base64Bytes(v.ticket, 16, 'channel ticket'), key: base64Bytes(v.key, 32, 'channel key'), nonce: base64Bytes(v.nonce, 12, 'channel nonce') };
+  return { port: v.port, ticket: base64Bytes(v.ticket, TICKET_BYTES, 'channel ticket'), key: base64Bytes(v.key, KEY_BYTES, 'channel key'), nonce: base64Bytes(v.nonce, NONCE_BYTES, 'channel nonce') };
 }
 
 export function parseChunkHeader(msg: Record<string, unknown>): ChunkHeader {
