@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import { setImmediate } from 'node:timers/promises';
 import { Readable } from 'node:stream';
-import { AbortedError, byteLength, NotFoundError, UnavailableError, diskFullCode, isShoalError, storageFullError, type Bytes, type ChunkMap } from '../oci/index.ts';
+import { AbortedError, byteLength, Digest, DigestMismatchError, NotFoundError, UnavailableError, diskFullCode, isShoalError, storageFullError, type Bytes, type ChunkMap } from '../oci/index.ts';
 import type { ByteRange, ContentStore, Ingest, IoOptions } from '../store/index.ts';
 import type { PullMetrics } from './metrics.ts';
 import { isSeedGone, type SeedSet } from './types.ts';
@@ -473,7 +473,10 @@ export class BlobFetch {
       tried++;
       try {
         const range: ByteRange | undefined = this.written > 0 && this.total !== undefined ? { start: this.written, end: this.total - 1 } : undefined;
-        const res = await seed.getBlob(upstreamRepository, digest, { signal, range });
+        // A whole blob's digest is checked by the store's hashing thread, which hashes the bytes anyway, instead of
+        // a second pass on this thread; the check below makes a bad body the seed's fault, as the stream's would.
+        const whole = range === undefined && before === 0 && Digest.parse(digest).algorithm === 'sha256';
+        const res = await seed.getBlob(upstreamRepository, digest, { signal, range, verify: whole ? 'caller' : 'stream' });
         if (this.total === undefined && this.opts.ensureRoom) {
           // Before the size is known to clients (they get their response headers on it): a blob that cannot fit
           // fails them with a clear error instead of a connection cut half way.
@@ -525,6 +528,12 @@ export class BlobFetch {
           if (!ended) await pieces.return?.().catch(() => undefined);
         }
         await flush();
+        if (whole && res.verified !== true) {
+          const actual = await this.ingest!.sha256({ signal });
+          if (actual !== digest) {
+            throw new DigestMismatchError(digest, actual, `blob ${upstreamRepository}@${digest} from seed ${seed.url} hashes to ${actual} (${this.written} bytes), not to ${digest}`);
+          }
+        }
         metrics.seedRequests.inc({ registry: seeds.registry, outcome: 'ok' });
         return;
       } catch (err) {

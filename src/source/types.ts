@@ -7,7 +7,15 @@ export interface UpstreamRegistry {
   readonly url: string;
   resolveTag(repository: string, tag: string, opts?: IoOptions): Promise<{ digest: string; mediaType: string; size: number }>;
   getManifest(repository: string, reference: string, opts?: IoOptions): Promise<{ bytes: Buffer; mediaType: string; digest: string }>;
-  getBlob(repository: string, digest: string, opts?: IoOptions & { range?: ByteRange }): Promise<{ stream: Readable; size: number; status: number }>;
+  /**
+   * With `verify: 'caller'` a whole blob's stream checks only its length (`verified` false) and the caller must check
+   * the digest before it trusts the bytes; by default the stream checks it (see SeedClient.getBlob).
+   */
+  getBlob(
+    repository: string,
+    digest: string,
+    opts?: IoOptions & { range?: ByteRange; verify?: 'stream' | 'caller' },
+  ): Promise<{ stream: Readable; size: number; status: number; verified?: boolean }>;
 }
 
 /** The seeds of one registry namespace, in the order to try them. */

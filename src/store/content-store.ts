@@ -523,6 +523,8 @@ export class KvContentStore implements ContentStore {
     }
     let size = 0;
     let open = true;
+    /** False once the digest was asked for: no more bytes. */
+    let writable = true;
     let done = false;
     const finish = async (): Promise<void> => {
       if (done) return;
@@ -532,7 +534,12 @@ export class KvContentStore implements ContentStore {
       await file.discard();
     };
     /** The sha256 and chunk map of what was written; when the hashing thread failed, this thread hashes the file. */
-    const hashed = async (): Promise<{ digest: string; chunks: ChunkMap }> => {
+    let hashing: Promise<{ digest: string; chunks: ChunkMap }> | undefined;
+    const hashed = (): Promise<{ digest: string; chunks: ChunkMap }> => {
+      writable = false;
+      return (hashing ??= hashAll());
+    };
+    const hashAll = async (): Promise<{ digest: string; chunks: ChunkMap }> => {
       let h: IngestHash;
       try {
         h = await job.finish(size);
@@ -555,12 +562,17 @@ export class KvContentStore implements ContentStore {
       },
       append: async (chunk, opts = {}) => {
         checkAbort(opts.signal);
-        if (!open) throw new ShoalError('INTERNAL', 'write to a blob that is already committed or aborted');
+        if (!open || !writable) throw new ShoalError('INTERNAL', 'write to a blob that is already committed, aborted or hashed');
         await file.append(chunk);
         job.appended(chunk, size, opts.chunkHash);
         size += byteLength(chunk);
       },
       read: (range) => file.read(range),
+      sha256: async (opts = {}) => {
+        checkAbort(opts.signal);
+        if (!open) throw new ShoalError('INTERNAL', 'digest of a blob that is already committed or aborted');
+        return (await hashed()).digest;
+      },
       commit: async (repository, expect, opts = {}) => {
         checkAbort(opts.signal);
         if (!open) throw new ShoalError('INTERNAL', 'commit of a blob that is already committed or aborted');

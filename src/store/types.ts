@@ -85,6 +85,11 @@ export interface Ingest {
   append(chunk: Bytes, opts?: IngestAppendOptions): Promise<void>;
   /** A range of the bytes appended so far (inclusive). */
   read(range: ByteRange, opts?: IoOptions): Promise<Readable>;
+  /**
+   * The sha256 digest of the bytes appended so far, from the hashing thread: what `commit` will check. Ends the
+   * writing (a later `append` fails); `commit` or `abort` comes next.
+   */
+  sha256(opts?: IoOptions): Promise<string>;
   /** Verifies digest and size, then commits the blob into `repository`. On mismatch nothing is stored. */
   commit(repository: string, expect: WriteExpectation, opts?: IoOptions): Promise<BlobInfo>;
   /** Drops the bytes; safe to call more than once and after commit. */

@@ -104,6 +104,12 @@ export interface SeedBlob {
 export interface BlobRequestOptions extends IoOptions {
   /** Only these bytes; `end` inclusive, as in HTTP. */
   range?: ByteRange;
+  /**
+   * Who checks a whole blob's digest: this stream ("stream", the default), or the caller, which hashes the bytes
+   * anyway (the store's hashing thread) and must then check them before it trusts or releases them ("caller": the
+   * stream checks only the length, and `verified` is false). A ranged request is always checked here.
+   */
+  verify?: 'stream' | 'caller';
 }
 
 type Headers = Record<string, string | string[] | undefined>;
@@ -408,10 +414,11 @@ export class SeedClient {
           }
           slice = { start: range.start, end: declared !== undefined ? Math.min(range.end, declared - 1) : range.end };
         }
-        const stream = Readable.from(verifiedBlobBytes(response.body, { digest: expected, declaredLength: declared, slice, source, mapError }), {
+        const hash = slice !== undefined || opts.verify !== 'caller';
+        const stream = Readable.from(verifiedBlobBytes(response.body, { digest: expected, declaredLength: declared, slice, source, mapError, hash }), {
           objectMode: false,
         });
-        return { stream, size: declared, status: 200, range: slice, verified: true };
+        return { stream, size: declared, status: 200, range: slice, verified: hash };
       },
     );
     let size = blob.size;

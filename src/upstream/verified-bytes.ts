@@ -17,6 +17,8 @@ export interface WholeBlobCheck {
   source: string;
   /** Maps an error from the body (network, abort) into the taxonomy. */
   mapError: (err: unknown) => Error;
+  /** False when the caller hashes the bytes itself (the store's hashing thread): only the length is checked here. */
+  hash?: boolean;
 }
 
 function toBuffer(chunk: Uint8Array | string): Buffer {
@@ -24,18 +26,18 @@ function toBuffer(chunk: Uint8Array | string): Buffer {
 }
 
 /**
- * Yields the body's bytes (or the `slice` of them), hashing everything. At the end, throws
+ * Yields the body's bytes (or the `slice` of them), hashing everything (unless `hash` is false). At the end, throws
  * DigestMismatchError when the length differs from `declaredLength` or the bytes do not hash to `digest`;
  * the last piece is yielded only after that check passes.
  */
 export async function* verifiedBlobBytes(body: AsyncIterable<Uint8Array | string>, check: WholeBlobCheck): AsyncGenerator<Buffer> {
-  const hasher = new DigestHasher(check.digest.algorithm);
+  const hasher = check.hash === false ? undefined : new DigestHasher(check.digest.algorithm);
   let held: Buffer | undefined;
   let position = 0;
   try {
     for await (const raw of body) {
       const chunk = toBuffer(raw);
-      hasher.update(chunk);
+      hasher?.update(chunk);
       let piece: Buffer | undefined = chunk;
       if (check.slice) {
         const from = Math.max(check.slice.start, position);
@@ -56,12 +58,12 @@ export async function* verifiedBlobBytes(body: AsyncIterable<Uint8Array | string
   if (check.declaredLength !== undefined && position !== check.declaredLength) {
     throw new DigestMismatchError(
       expected,
-      hasher.digest().toString(),
+      hasher?.digest().toString() ?? 'unknown',
       `${check.source} had ${position > check.declaredLength ? 'more' : 'fewer'} bytes than its Content-Length ${check.declaredLength}; it cannot be ${expected}`,
     );
   }
-  const actual = hasher.digest();
-  if (!actual.equals(check.digest)) {
+  const actual = hasher?.digest();
+  if (actual && !actual.equals(check.digest)) {
     throw new DigestMismatchError(expected, actual.toString(), `${check.source} hashes to ${actual} (${position} bytes), not to ${expected}`);
   }
   if (held) yield held;

@@ -435,6 +435,40 @@ describe('SeedClient against broken seeds', () => {
     assert.ok(bytes.length < bad.length, 'the consumer never holds the whole bad blob');
   });
 
+  it("with verify 'caller', passes a whole body through unhashed (verified false) but still checks its length; a range is still verified", async () => {
+    const good = randomBytes(200_000);
+    const bad = Buffer.from(good);
+    bad[10] ^= 0xff;
+    let mode: 'bad' | 'short' | 'bad-ignoring-range' = 'bad';
+    const server = resources.add(
+      await startTestServer(async (req, res) => {
+        res.writeHead(200, { 'content-length': good.length });
+        if (mode === 'short') {
+          res.write(good.subarray(0, 1000));
+          await new Promise((r) => setTimeout(r, 20));
+          req.socket.destroy();
+          return;
+        }
+        res.end(bad);
+      }),
+    );
+    const client = resources.client({ url: server.url });
+    const whole = await client.getBlob('any/repo', sha256(good), { verify: 'caller' });
+    assert.equal(whole.verified, false);
+    assert.ok((await readAll(whole.stream)).equals(bad), 'the caller gets the bytes as sent, to hash them itself');
+    mode = 'short';
+    const short = await client.getBlob('any/repo', sha256(good), { verify: 'caller' });
+    const { bytes, error } = await readUntilError(short.stream);
+    assert.ok(error instanceof UnavailableError || error instanceof DigestMismatchError, String(error));
+    assert.ok(bytes.length < good.length);
+    // A seed that ignores Range sends the whole body: the slice can only be checked here, so it is.
+    mode = 'bad-ignoring-range';
+    const ranged = await client.getBlob('any/repo', sha256(good), { verify: 'caller', range: { start: 0, end: 99 } });
+    assert.equal(ranged.verified, true);
+    const r = await readUntilError(ranged.stream);
+    assert.ok(r.error instanceof DigestMismatchError, String(r.error));
+  });
+
   it('fails a truncated blob stream (connection closed before Content-Length)', async () => {
     const good = randomBytes(100_000);
     const server = resources.add(

@@ -683,6 +683,23 @@ export function contentStoreSuite(name: string, factory: StoreFactory): void {
         assert.equal(await store.statContent(sha256('hello')), undefined);
       });
 
+      it('sha256 gives the digest of what was appended, ends the writing, and commit checks against the same', async () => {
+        const ingest = await store.openIngest();
+        await ingest.append(Buffer.from('hello '));
+        await ingest.append([Buffer.from('wor'), Buffer.from('ld')]);
+        assert.equal(await ingest.sha256(), sha256('hello world'));
+        assert.equal(await ingest.sha256(), sha256('hello world'), 'asked again, the same');
+        await assert.rejects(ingest.append(Buffer.from('!')), (e) => e instanceof ShoalError, 'no byte after the digest');
+        assert.equal(await store.statContent(sha256('hello world')), undefined, 'not visible before commit');
+        await rejectsWith(ingest.commit('r', { digest: sha256('hello world!') }), DigestMismatchError, 'DIGEST_INVALID');
+        await assertNothingVisible([sha256('hello world')], { blobs: 0, bytes: 0 });
+        await assert.rejects(ingest.sha256(), (e) => e instanceof ShoalError, 'no digest of an ended ingest');
+        const again = await store.openIngest();
+        await again.append(Buffer.from('hello world'));
+        assert.equal(await again.sha256(), sha256('hello world'));
+        assert.deepEqual(await again.commit('r', { digest: sha256('hello world'), size: 11 }), { digest: sha256('hello world'), size: 11 });
+      });
+
       it('a size mismatch on commit is SIZE_INVALID and stores nothing', async () => {
         const ingest = await store.openIngest();
         await ingest.append(Buffer.from('hello'));
