@@ -17,6 +17,8 @@ export const READ_CHUNK = 1024 * 1024;
  */
 export const LARGE_READS = 24;
 export const SHARED_READ_CHUNK = 256 * 1024;
+/** An ingest file is flushed to disk behind its writer every this many bytes (see BlobBytes.ingest). */
+const SYNC_EVERY = 32 * 1024 * 1024;
 
 /**
  * Where blob bytes live. The disk version keeps one file per digest, written through a temporary file and
@@ -294,9 +296,14 @@ export class DiskBlobBytes implements BlobBytes {
     const fh = await open(tmp, 'wx+');
     let position = 0;
     let closed = false;
+    // The file is made durable as it grows, a flush every SYNC_EVERY bytes behind the writer, so that the commit's
+    // fsync has only the last bytes left to write: the commit is what the last byte of a pull waits for.
+    let synced = 0;
+    let syncing: Promise<void> | undefined;
     const close = async (): Promise<void> => {
       if (closed) return;
       closed = true;
+      await syncing;
       await fh.close();
     };
     return {
@@ -304,6 +311,19 @@ export class DiskBlobBytes implements BlobBytes {
       path: tmp,
       append: async (chunk) => {
         position += await writeAll(fh, chunk, position);
+        if (!syncing && position - synced >= SYNC_EVERY) {
+          const upTo = position;
+          syncing = fh.datasync().then(
+            () => {
+              synced = upTo;
+              syncing = undefined;
+            },
+            // A flush that fails leaves the work to the commit's fsync, which reports the error.
+            () => {
+              syncing = undefined;
+            },
+          );
+        }
       },
       // Reads go through the handle the writer holds: a fetch followed by many clients reads small ranges often.
       read: async (range) => {
@@ -312,6 +332,7 @@ export class DiskBlobBytes implements BlobBytes {
         return Readable.from(readRange(fh, range.start, range.end), { objectMode: false });
       },
       commit: async (digest) => {
+        await syncing;
         await fh.sync();
         await close();
         await renameDurably(tmp, this.path(digest));
