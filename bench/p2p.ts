@@ -5,8 +5,9 @@
  *   npm run bench -- p2p            # 256 MiB blob, 3 rounds (BENCH_MIB, BENCH_ROUNDS)
  *   BENCH_PROFILE=/tmp/prof npm run bench -- p2p   # a V8 CPU profile of every node into that directory
  *
- * "From one peer" uses the default settings, so the bytes take the data channel; the peer connection alone
- * (`--p2p-data-port off`) and with `--p2p-clear-data` are measured beside it.
+ * "From one peer" uses the default settings, so the bytes take the data channel (sealed with AES-GCM); beside it
+ * are the same with `--p2p-clear-data` on both ends (the data channel unsealed: `peer_mbps_clear_data`), and the
+ * peer connection alone (`--p2p-data-port off`), plain and with `--p2p-clear-data` (`clear_data_peer_mbps`).
  *
  * Besides MB/s it reports the receiving node's CPU milliseconds per MiB (from /proc), which other work on the
  * machine disturbs far less, and 1000 ÷ that: the MB/s the receiver could reach on one free core.
@@ -82,6 +83,9 @@ export async function p2pBench(): Promise<void> {
   const streamCpu: number[] = [];
   const clearS: number[] = [];
   const clearCpu: number[] = [];
+  const unsealedS: number[] = [];
+  const unsealedCpu: number[] = [];
+  const unsealedChunks: number[] = [];
   const multiS: number[] = [];
   const tcp: number[] = [];
   const httpA: number[] = [];
@@ -93,15 +97,17 @@ export async function p2pBench(): Promise<void> {
     const portA2 = await freePort();
     const portC = await freePort();
     const portS = await freePort();
-    /** A holder on `port` and a node that pulls the blob from it, both with `args`: the puller's figures. */
-    const pairPull = async (port: number, args: string[]): Promise<Awaited<ReturnType<typeof cpuPerMiB>>> => {
+    const portU = await freePort();
+    /** A holder on `port` and a node that pulls the blob from it, both with `args`: the puller's figures, and the chunks it took unsealed. */
+    const pairPull = async (port: number, args: string[]): Promise<Awaited<ReturnType<typeof cpuPerMiB>> & { unsealedChunks: number }> => {
       const holder = await node(['--p2p-listen', `127.0.0.1:${port}`, '--cluster-key', keyFile, ...args]);
       await push(holder.url, 'bench/p2p', blob, digest);
       const puller = await node(['--p2p-listen', `127.0.0.1:${await freePort()}`, '--cluster-key', keyFile, '--peer', `127.0.0.1:${port}`, ...args]);
       await waitForInventory(puller, 1);
       const figures = await cpuPerMiB(puller.child.pid!, () => pull(puller.url, 'bench/p2p', digest, true));
+      const unsealed = (await scrape(puller.url)).get('shoal_peer_data_channel_transfers_total', { direction: 'in', sealed: 'false' });
       await Promise.all([puller.terminate(), holder.terminate()]);
-      return figures;
+      return { ...figures, unsealedChunks: unsealed };
     };
     const a = await node(['--p2p-listen', `127.0.0.1:${portA}`, '--cluster-key', keyFile]);
     const a2 = await node(['--p2p-listen', `127.0.0.1:${portA2}`, '--cluster-key', keyFile]);
@@ -128,6 +134,11 @@ export async function p2pBench(): Promise<void> {
         const clear = await pairPull(portC, ['--p2p-clear-data', '--p2p-data-port', 'off']);
         clearS.push(clear.mbps);
         clearCpu.push(clear.cpuMsPerMiB);
+        // --p2p-clear-data on both ends with the data channel on: its bytes go unsealed (no AES-GCM).
+        const unsealed = await pairPull(portU, ['--p2p-clear-data']);
+        unsealedS.push(unsealed.mbps);
+        unsealedCpu.push(unsealed.cpuMsPerMiB);
+        unsealedChunks.push(unsealed.unsealedChunks);
       }
       const c = await node(['--p2p-listen', `127.0.0.1:${await freePort()}`, '--cluster-key', keyFile, '--peer', `127.0.0.1:${portA}`, '--peer', `127.0.0.1:${portA2}`]);
       await waitForInventory(c, 2);
@@ -163,7 +174,11 @@ export async function p2pBench(): Promise<void> {
     clear_data_peer_mbps: r(median(clearS), 1),
     clear_data_receiver_cpu_ms_per_mib: r(median(clearCpu)),
     clear_data_receiver_cpu_bound_mbps: r(1000 / median(clearCpu), 0),
-    runs: { peer: peerS.map((x) => r(x, 1)), peer_connection: streamS.map((x) => r(x, 1)), clear: clearS.map((x) => r(x, 1)), multi: multiS.map((x) => r(x, 1)), http: httpA.map((x) => r(x, 1)), tcp: tcp.map((x) => r(x, 1)) },
+    peer_mbps_clear_data: r(median(unsealedS), 1),
+    receiver_cpu_ms_per_mib_clear_data: r(median(unsealedCpu)),
+    receiver_cpu_bound_mbps_clear_data: r(1000 / median(unsealedCpu), 0),
+    data_channel_unsealed_chunks_clear_data: median(unsealedChunks),
+    runs: { peer: peerS.map((x) => r(x, 1)), peer_clear_data: unsealedS.map((x) => r(x, 1)), peer_connection: streamS.map((x) => r(x, 1)), clear: clearS.map((x) => r(x, 1)), multi: multiS.map((x) => r(x, 1)), http: httpA.map((x) => r(x, 1)), tcp: tcp.map((x) => r(x, 1)) },
   };
   await report(
     'p2p',
@@ -175,12 +190,14 @@ export async function p2pBench(): Promise<void> {
         { label: 'plain TCP socket', value: figures.tcp_mbps },
         { label: 'HTTP GET from the holder', value: figures.http_mbps },
         { label: 'from one peer', value: figures.peer_mbps, mark: 300 },
+        { label: 'the same, --p2p-clear-data (data channel unsealed)', value: figures.peer_mbps_clear_data, mark: 300 },
         { label: 'from two peers at once', value: figures.multi_peer_mbps },
         { label: 'from one peer, on the peer connection (data channel off)', value: figures.peer_connection_mbps },
-        { label: 'the same, --p2p-clear-data', value: figures.clear_data_peer_mbps },
+        { label: 'the same, --p2p-clear-data (peer connection unencrypted)', value: figures.clear_data_peer_mbps },
         { label: 'receiver CPU-bound ceiling (1 core)', value: figures.receiver_cpu_bound_mbps, mark: 300 },
+        { label: 'the same, --p2p-clear-data (data channel unsealed)', value: figures.receiver_cpu_bound_mbps_clear_data, mark: 300 },
         { label: 'receiver main-thread ceiling (a core for it)', value: figures.receiver_main_thread_bound_mbps, mark: 300 },
-        { label: 'the same, --p2p-clear-data', value: figures.clear_data_receiver_cpu_bound_mbps, mark: 300 },
+        { label: 'receiver CPU-bound ceiling, --p2p-clear-data on the peer connection', value: figures.clear_data_receiver_cpu_bound_mbps, mark: 300 },
       ],
     },
     loadBefore,

@@ -11,7 +11,8 @@ import { clusterNoise } from './cluster-key.ts';
  * what changes is that the bytes between nodes can be read, and, by someone able to inject into a TCP connection
  * on the path, altered. Blobs and manifests stay safe from alteration (every byte is checked against its digest);
  * answers that carry no digest of their own (tags, inventories) do not. Offered before Noise: two nodes that both
- * enable it use it; a node that does not, negotiates Noise as usual.
+ * enable it use it; a node that does not, negotiates Noise as usual. On such a connection the data channel's bytes
+ * go unsealed too (data-channel.ts).
  */
 export const CLEAR_DATA_PROTOCOL = '/shoal/noise-handshake-clear-data/1';
 

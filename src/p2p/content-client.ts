@@ -6,7 +6,8 @@ import type { PeerMetrics } from './metrics.ts';
 import type { PeerTable } from './peer-table.ts';
 import { PROTOCOLS, type ChunkRequest, type PeerTagRecord, type ReportOutcome } from './types.ts';
 import { parseChunkHeader, parseChunkMapAnswer, parseManifestHeader, parseReportAnswer, parseTagAnswer } from './validate.ts';
-import { hostOf, openChannel, receiveSealed, type ChannelConnection, type ChannelOffer } from './data-channel.ts';
+import { CLEAR_DATA_PROTOCOL } from './clear-data.ts';
+import { hostOf, isSealed, openChannel, receiveRange, type ChannelConnection, type ChannelOffer } from './data-channel.ts';
 import { DATA_FRAME, framed, MAX_FRAME, ProtocolViolation, readFrame, readJson, violationOf, writeJson, type Framed } from './wire.ts';
 
 /** Opening a stream on a live connection takes one round trip; a peer that cannot do it in this long has gone. */
@@ -102,8 +103,10 @@ export class ContentClient {
     let offer: ChannelOffer | undefined;
     try {
       const wantsChannel = this.opts.dataChannel === true && this.dataPortUnreachableUntil(peer) === undefined;
-      await writeJson(lp, wantsChannel ? { ...req, channel: true } : req, opts);
-      const header = parseChunkHeader(await readJson(lp, opts));
+      // Its connection carries bytes in the clear already (both ends chose --p2p-clear-data): so may the channel.
+      const clear = wantsChannel && conn.encryption === CLEAR_DATA_PROTOCOL;
+      await writeJson(lp, wantsChannel ? { ...req, channel: true, ...(clear ? { clear: true } : {}) } : req, opts);
+      const header = parseChunkHeader(await readJson(lp, opts), { clear });
       if (header.status === 'NOT_FOUND') throw new NotFoundError('BLOB_UNKNOWN', `peer ${peer} does not have ${req.digest}`);
       if (header.status !== 'OK') throw new UnavailableError(`peer ${peer} answered ${header.status}${header.status === 'ERROR' ? `: ${header.message}` : ''}`);
       size = header.size;
@@ -148,7 +151,9 @@ export class ContentClient {
         yield frame;
       }
     }
-    const source = channel && offer ? receiveSealed(channel, offer, want, signal) : frames();
+    const sealed = offer ? isSealed(offer) : true;
+    if (channel && !sealed) logger.debug({ peer, digest: req.digest, start: req.start, bytes: want }, 'chunk over the data channel unsealed (clear-data connection)');
+    const source = channel && offer ? receiveRange(channel, offer, want, signal) : frames();
     async function* counting(): AsyncGenerator<Uint8Array> {
       let received = 0;
       try {
@@ -158,7 +163,7 @@ export class ContentClient {
           yield piece;
         }
         metrics.chunkRequests.inc({ direction: 'out', outcome: 'ok' });
-        if (channel) metrics.channelTransfers.inc({ direction: 'in' });
+        if (channel) metrics.channelTransfers.inc({ direction: 'in', sealed: String(sealed) });
         await stream.close().catch(() => undefined);
       } catch (err) {
         fail(err);

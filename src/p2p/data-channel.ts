@@ -17,14 +17,33 @@ import { ProtocolViolation } from './wire.ts';
  * sealed with that key: a stranger who sees the ticket on the wire gets bytes it cannot read, and bytes altered on
  * the way fail the GCM tag (and the chunk's own hash after it). A ticket that is not claimed within CLAIM_MS is
  * dropped; when the asking node cannot reach the data port it says so on the chunk stream and gets the bytes there.
+ *
+ * Unsealed: when the peer connection itself carries bytes in the clear (`p2pClearData` on both ends, clear-data.ts)
+ * and the asking node asked for it, the offer holds only the ticket, and the range goes as it is (no cipher, no
+ * tag). The ticket still comes over the Noise-authenticated connection and serves once; the bytes are checked
+ * against the chunk map's hash as always, so what is given up is only their confidentiality on the wire, which
+ * that connection has given up already.
  */
 
-/** What a holder puts in its chunk answer. Key, nonce and ticket are base64. */
-export interface ChannelOffer {
+/** What a holder puts in its chunk answer for sealed bytes. Key, nonce and ticket are base64. */
+export interface SealedOffer {
   port: number;
   ticket: string;
   key: string;
   nonce: string;
+}
+
+/** What a holder puts in its chunk answer for bytes sent as they are (only ever asked for on a clear-data connection). */
+export interface ClearOffer {
+  port: number;
+  ticket: string;
+  sealed: false;
+}
+
+export type ChannelOffer = SealedOffer | ClearOffer;
+
+export function isSealed(offer: ChannelOffer): offer is SealedOffer {
+  return !('sealed' in offer && offer.sealed === false);
 }
 
 /** Sent first on a data connection, before the ticket. */
@@ -57,8 +76,8 @@ export interface DataChannelServerOptions {
 }
 
 /** A ticket offered for one transfer, and the connection that claims it. */
-export interface OfferedTicket {
-  offer: ChannelOffer;
+export interface OfferedTicket<O extends ChannelOffer = ChannelOffer> {
+  offer: O;
   /** The connection that presented the ticket; undefined when none came within CLAIM_MS or it was withdrawn. */
   claimed: Promise<Socket | undefined>;
   /** Takes the offer back (the asking side chose the chunk stream). */
@@ -116,10 +135,15 @@ export class DataChannelServer {
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 
-  /** A fresh ticket and key for one transfer. */
-  offer(): OfferedTicket {
+  /** A fresh ticket, and key unless the bytes go unsealed, for one transfer. */
+  offer(): OfferedTicket<SealedOffer>;
+  offer(opts: { sealed: false }): OfferedTicket<ClearOffer>;
+  offer(opts: { sealed: boolean }): OfferedTicket;
+  offer(opts: { sealed: boolean } = { sealed: true }): OfferedTicket {
     const ticket = randomBytes(TICKET_BYTES).toString('base64');
-    const offer: ChannelOffer = { port: this.boundPort, ticket, key: randomBytes(KEY_BYTES).toString('base64'), nonce: randomBytes(NONCE_BYTES).toString('base64') };
+    const offer: ChannelOffer = opts.sealed
+      ? { port: this.boundPort, ticket, key: randomBytes(KEY_BYTES).toString('base64'), nonce: randomBytes(NONCE_BYTES).toString('base64') }
+      : { port: this.boundPort, ticket, sealed: false };
     let settle!: (s: Socket | undefined) => void;
     const claimed = new Promise<Socket | undefined>((resolve) => (settle = resolve));
     const done = (socket: Socket | undefined): void => {
@@ -183,11 +207,12 @@ function abortError(signal: AbortSignal | undefined): Error {
 }
 
 /**
- * Sends a range sealed with the ticket's key on the connection that claimed it: the ciphertext, then the GCM tag.
- * `before` runs before each piece is sent (the upload cap, byte counts); `recycle` gets each piece once it is
- * copied out.
+ * Sends a range on the connection that claimed the offer's ticket: sealed with its key (the ciphertext, then the
+ * GCM tag), or as it is for an unsealed offer. `before` runs before each piece is sent (the upload cap, byte
+ * counts); `recycle` gets each piece once nothing refers to it any more (encrypted into a copy, or written out to
+ * the connection).
  */
-export async function sendSealed(
+export async function sendRange(
   socket: Socket,
   offer: ChannelOffer,
   pieces: AsyncIterable<Uint8Array>,
@@ -195,7 +220,7 @@ export async function sendSealed(
   signal: AbortSignal,
   recycle?: (piece: Uint8Array) => void,
 ): Promise<number> {
-  const cipher = createCipheriv('aes-256-gcm', Buffer.from(offer.key, 'base64'), Buffer.from(offer.nonce, 'base64'));
+  const cipher = isSealed(offer) ? createCipheriv('aes-256-gcm', Buffer.from(offer.key, 'base64'), Buffer.from(offer.nonce, 'base64')) : undefined;
   let closed: Error | undefined;
   const onClose = (): void => {
     closed ??= new UnavailableError('the data connection closed');
@@ -212,13 +237,22 @@ export async function sendSealed(
       if (closed) throw closed;
       await before(piece);
       sent += piece.length;
-      const sealed = cipher.update(piece);
-      // The piece is copied out (encrypted): its buffer may serve the next read.
-      recycle?.(piece);
-      if (!socket.write(sealed)) await Promise.race([once(socket, 'drain', { signal }), once(socket, 'close')]);
+      let flowing: boolean;
+      if (cipher) {
+        const sealed = cipher.update(piece);
+        // The piece is copied out (encrypted): its buffer may serve the next read.
+        recycle?.(piece);
+        flowing = socket.write(sealed);
+      } else {
+        // The piece itself is written: its buffer goes back only once the connection has taken it (never after a failed write).
+        flowing = socket.write(piece, recycle ? (err) => void (err ? undefined : recycle(piece)) : undefined);
+      }
+      if (!flowing) await Promise.race([once(socket, 'drain', { signal }), once(socket, 'close')]);
     }
-    cipher.final();
-    socket.end(cipher.getAuthTag());
+    if (cipher) {
+      cipher.final();
+      socket.end(cipher.getAuthTag());
+    } else socket.end();
     await Promise.race([once(socket, 'finish', { signal }), once(socket, 'close')]);
     if (closed && !socket.writableFinished) throw closed;
     return sent;
@@ -288,14 +322,20 @@ export async function openChannel(host: string, offer: ChannelOffer, signal: Abo
   return conn as ChannelConnection;
 }
 
+/** Unsealed bytes are copied out of the read buffer into blocks of at most this size, handed on as views of them. */
+const CLEAR_BLOCK = 4 * 1024 * 1024;
+
 /**
- * Reads exactly `want` bytes sealed with the offer's key from a data connection. Pieces are handed on as they are
- * decrypted; the GCM tag is checked after the last one, and a bad tag, a short or a long answer throws before the
- * iteration ends, so a caller uses the bytes only once it ended normally.
+ * Reads exactly `want` bytes from a data connection: sealed with the offer's key, or as they are for an unsealed
+ * offer. Pieces are handed on as they arrive (decrypted); for sealed bytes the GCM tag is checked after the last
+ * one. A bad tag, a short or a long answer throws before the iteration ends, so a caller uses the bytes only once
+ * it ended normally.
  */
-export async function* receiveSealed(conn: ChannelConnection, offer: ChannelOffer, want: number, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+export async function* receiveRange(conn: ChannelConnection, offer: ChannelOffer, want: number, signal: AbortSignal): AsyncGenerator<Uint8Array> {
   const { socket } = conn;
-  const decipher = createDecipheriv('aes-256-gcm', Buffer.from(offer.key, 'base64'), Buffer.from(offer.nonce, 'base64'));
+  const decipher = isSealed(offer) ? createDecipheriv('aes-256-gcm', Buffer.from(offer.key, 'base64'), Buffer.from(offer.nonce, 'base64')) : undefined;
+  /** What follows the range: the tag, or nothing. */
+  const trailerBytes = decipher ? TAG_BYTES : 0;
   const queue: Buffer[] = [];
   let queued = 0;
   let received = 0;
@@ -305,6 +345,23 @@ export async function* receiveSealed(conn: ChannelConnection, offer: ChannelOffe
   let ended = false;
   let paused = false;
   let wake: (() => void) | undefined;
+  /** Unsealed: the block the bytes are copied into (the read buffer is reused), and how far it is filled. */
+  let block: Buffer | undefined;
+  let filled = 0;
+  const copyOut = (body: Uint8Array): void => {
+    for (let at = 0; at < body.length; ) {
+      if (!block || filled === block.length) {
+        block = Buffer.allocUnsafe(Math.min(CLEAR_BLOCK, want - received - at));
+        filled = 0;
+      }
+      const n = Math.min(block.length - filled, body.length - at);
+      block.set(body.subarray(at, at + n), filled);
+      queue.push(block.subarray(filled, filled + n));
+      queued += n;
+      filled += n;
+      at += n;
+    }
+  };
   const take = (data: Uint8Array): boolean => {
     if (failure) return false;
     let body = data;
@@ -313,19 +370,21 @@ export async function* receiveSealed(conn: ChannelConnection, offer: ChannelOffe
       tag.push(Buffer.from(body.subarray(cut)));
       tagLength += body.length - cut;
       body = body.subarray(0, cut);
-      if (tagLength > TAG_BYTES) {
+      if (tagLength > trailerBytes) {
         failure = new ProtocolViolation('invalid-message', `it sent more than ${want} bytes on the data channel`);
         socket.destroy();
       }
     }
     if (body.length) {
+      if (decipher) {
+        const out = decipher.update(body);
+        queue.push(out);
+        queued += out.length;
+      } else copyOut(body);
       received += body.length;
-      const out = decipher.update(body);
-      queue.push(out);
-      queued += out.length;
     }
     // Everything asked for and the tag are here: the answer is complete whether or not the holder closes.
-    if (received === want && tagLength === TAG_BYTES) ended = true;
+    if (received === want && tagLength === trailerBytes) ended = true;
     wake?.();
     paused = queued >= HIGH_WATER;
     return !paused && !ended;
@@ -361,12 +420,14 @@ export async function* receiveSealed(conn: ChannelConnection, offer: ChannelOffe
       wake = undefined;
     }
     if (signal.aborted) throw abortError(signal);
-    if (received < want || tagLength < TAG_BYTES) throw new UnavailableError(`the data channel ended after ${received} of ${want} bytes`);
-    decipher.setAuthTag(Buffer.concat(tag));
-    try {
-      decipher.final();
-    } catch {
-      throw new UnavailableError('bytes on the data channel failed their authentication tag');
+    if (received < want || tagLength < trailerBytes) throw new UnavailableError(`the data channel ended after ${received} of ${want} bytes`);
+    if (decipher) {
+      decipher.setAuthTag(Buffer.concat(tag));
+      try {
+        decipher.final();
+      } catch {
+        throw new UnavailableError('bytes on the data channel failed their authentication tag');
+      }
     }
   } catch (err) {
     if (signal.aborted) throw abortError(signal);

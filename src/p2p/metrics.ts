@@ -8,7 +8,7 @@ export class PeerMetrics {
   readonly bytes: Counter<'direction'>;
   readonly chunkRequests: Counter<'direction' | 'outcome'>;
   readonly reports: Counter<'direction' | 'outcome'>;
-  readonly channelTransfers: Counter<'direction'>;
+  readonly channelTransfers: Counter<'direction' | 'sealed'>;
   readonly channelFallbacks: Counter;
 
   constructor(registry: Registry, state: { connected: () => number; inventoryEntries: () => number; banned: () => number }) {
@@ -68,8 +68,8 @@ export class PeerMetrics {
     });
     this.channelTransfers = new Counter({
       name: 'shoal_peer_data_channel_transfers_total',
-      help: 'Chunk ranges that went over the data channel instead of the peer connection, by direction (in: received, out: served)',
-      labelNames: ['direction'],
+      help: 'Chunk ranges that went over the data channel instead of the peer connection, by direction (in: received, out: served) and sealed (false: sent as they are between two --p2p-clear-data nodes)',
+      labelNames: ['direction', 'sealed'],
       registers: [registry],
     });
     this.channelFallbacks = new Counter({
@@ -77,7 +77,7 @@ export class PeerMetrics {
       help: "Chunk ranges this node took on the peer connection because the holder's data port could not be reached",
       registers: [registry],
     });
-    for (const direction of ['in', 'out']) this.channelTransfers.inc({ direction }, 0);
+    for (const direction of ['in', 'out']) for (const sealed of ['true', 'false']) this.channelTransfers.inc({ direction, sealed }, 0);
     for (const result of ['hit', 'miss']) this.lookups.inc({ result }, 0);
     for (const direction of ['in', 'out']) this.bytes.inc({ direction }, 0);
     for (const reason of BAN_REASONS) this.bans.inc({ reason }, 0);

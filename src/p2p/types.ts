@@ -32,6 +32,8 @@ export interface ChunkRequest {
   pull?: PullHint;
   /** The asking node can take the bytes on the holder's data channel (data-channel.ts). */
   channel?: boolean;
+  /** With `channel`: the asking node takes those bytes unsealed, its peer connection being clear-data (clear-data.ts). */
+  clear?: boolean;
 }
 
 /** What a holder found when it re-checked a blob a peer reported (`busy`: it will not check again so soon). */

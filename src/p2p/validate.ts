@@ -40,7 +40,8 @@ export function parseChunkRequest(msg: Record<string, unknown>): ChunkRequest {
   const end = offset(msg.end, 'end');
   if (end < start) invalid('end is before start');
   const pull = pullHint(msg.pull);
-  return { digest, start, end, ...(pull ? { pull } : {}), ...(msg.channel === true ? { channel: true } : {}) };
+  const channel = msg.channel === true;
+  return { digest, start, end, ...(pull ? { pull } : {}), ...(channel ? { channel: true } : {}), ...(channel && msg.clear === true ? { clear: true } : {}) };
 }
 
 export function parseDigestRequest(msg: Record<string, unknown>): { digest: string } {
@@ -111,19 +112,30 @@ function base64Bytes(value: unknown, bytes: number, what: string): string {
   return value;
 }
 
-/** A data channel offer in a chunk answer (data-channel.ts). */
-function channelOffer(value: unknown): ChannelOffer | undefined {
+/**
+ * A data channel offer in a chunk answer (data-channel.ts). An unsealed one (`sealed: false`, no key, no nonce) is
+ * taken only when the asking node asked for it (`clear`); otherwise it is a violation like any malformed offer.
+ */
+function channelOffer(value: unknown, clear: boolean): ChannelOffer | undefined {
   if (value === undefined || value === null) return undefined;
   if (typeof value !== 'object' || Array.isArray(value)) invalid('channel offer is not an object');
   const v = value as Record<string, unknown>;
   if (typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535) invalid('channel port is not a port number');
-  return { port: v.port, ticket: base64Bytes(v.ticket, TICKET_BYTES, 'channel ticket'), key: base64Bytes(v.key, KEY_BYTES, 'channel key'), nonce: base64Bytes(v.nonce, NONCE_BYTES, 'channel nonce') };
+  const ticket = base64Bytes(v.ticket, TICKET_BYTES, 'channel ticket');
+  if (v.sealed === false) {
+    if (!clear) invalid('it offered unsealed bytes on the data channel, which were not asked for');
+    if (v.key !== undefined || v.nonce !== undefined) invalid('an unsealed channel offer carries a key');
+    return { port: v.port, ticket, sealed: false };
+  }
+  if (v.sealed !== undefined && v.sealed !== true) invalid('channel sealed is not a boolean');
+  return { port: v.port, ticket, key: base64Bytes(v.key, KEY_BYTES, 'channel key'), nonce: base64Bytes(v.nonce, NONCE_BYTES, 'channel nonce') };
 }
 
-export function parseChunkHeader(msg: Record<string, unknown>): ChunkHeader {
+/** A chunk answer; `clear`: the request asked for the data channel unsealed, so an unsealed offer is taken. */
+export function parseChunkHeader(msg: Record<string, unknown>, opts: { clear?: boolean } = {}): ChunkHeader {
   switch (msg.status) {
     case 'OK': {
-      const channel = channelOffer(msg.channel);
+      const channel = channelOffer(msg.channel, opts.clear === true);
       return { status: 'OK', size: offset(msg.size, 'size'), ...(channel ? { channel } : {}) };
     }
     case 'NOT_FOUND':

@@ -8,7 +8,9 @@
  *   wire while the sealed bytes are there;
  * - the data port cannot be reached: the puller says so on the chunk stream and gets the bytes there, does not
  *   try the data port again for the next blob, and `shoal peers` shows it;
- * - a holder with the data channel off: the bytes come on the peer connection.
+ * - a holder with the data channel off: the bytes come on the peer connection;
+ * - both nodes with --p2p-clear-data: the data channel carries the blob's bytes as they are (unsealed), and the
+ *   metrics say so; only the holder with it: sealed as by default.
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -82,8 +84,8 @@ describe('the data channel between peers', () => {
     return { keyFile, blobs, digests, p2p, data, holder };
   }
 
-  async function puller(keyFile: string, p2pRelay: RecordingRelay): Promise<ShoalProcess> {
-    const node = await procs.serve({ dataDir: await procs.tempDir('shoal-dc-'), logLevel: 'info', args: ['--p2p-listen', '127.0.0.1:0', '--cluster-key', keyFile, '--peer', `127.0.0.1:${p2pRelay.port}`] });
+  async function puller(keyFile: string, p2pRelay: RecordingRelay, args: string[] = []): Promise<ShoalProcess> {
+    const node = await procs.serve({ dataDir: await procs.tempDir('shoal-dc-'), logLevel: 'info', args: ['--p2p-listen', '127.0.0.1:0', '--cluster-key', keyFile, '--peer', `127.0.0.1:${p2pRelay.port}`, ...args] });
     await holderKnown(node, 2);
     return node;
   }
@@ -140,5 +142,38 @@ describe('the data channel between peers', () => {
     assert.equal(m.get('shoal_peer_data_channel_fallbacks_total'), 0, 'nothing was offered, so nothing fell back');
     assert.equal(m.get('shoal_peer_data_channel_transfers_total', { direction: 'in' }), 0);
     assert.equal((await scrape(holder.url)).get('shoal_peer_data_channel_transfers_total', { direction: 'out' }), 0);
+  });
+
+  it('both nodes with --p2p-clear-data: the data channel carries the blob as it is, unsealed, and the blob arrives verified', { timeout: 120_000 }, async () => {
+    const { keyFile, blobs, digests, p2p, data, holder } = await setup({ relayData: true, holderArgs: ['--p2p-clear-data'] });
+    const b = await puller(keyFile, p2p, ['--p2p-clear-data']);
+    const got = await getBlob(b, 'dc/app', digests[0]!);
+    assert.equal(got.status, 200);
+    assert.equal(sha256(got.bytes), digests[0]);
+    for (const at of [0, 4 * MiB, 9 * MiB]) assert.ok(data!.seen().includes(blobs[0]!.subarray(at, at + 64)), `the bytes at ${at} cross the data port as they are`);
+    assert.ok(p2p.seen().length < 1 * MiB, `the peer connection carried only requests and answers (${p2p.seen().length} bytes)`);
+    const mb = await scrape(b.url);
+    const mh = await scrape(holder.url);
+    assert.equal(mb.get('shoal_peer_data_channel_transfers_total', { direction: 'in', sealed: 'false' }), 3, 'three chunks came unsealed');
+    assert.equal(mb.get('shoal_peer_data_channel_transfers_total', { direction: 'in', sealed: 'true' }), 0);
+    assert.equal(mh.get('shoal_peer_data_channel_transfers_total', { direction: 'out', sealed: 'false' }), 3);
+    assert.equal(mb.get('shoal_peer_data_channel_fallbacks_total'), 0);
+    assert.equal(mb.get('shoal_peer_bytes_total', { direction: 'in' }), blobs[0]!.length);
+  });
+
+  it('only the holder with --p2p-clear-data: the peer connection is Noise, and the data channel stays sealed', { timeout: 120_000 }, async () => {
+    const { keyFile, blobs, digests, p2p, data, holder } = await setup({ relayData: true, holderArgs: ['--p2p-clear-data'] });
+    const b = await puller(keyFile, p2p);
+    const got = await getBlob(b, 'dc/app', digests[0]!);
+    assert.equal(got.status, 200);
+    assert.equal(sha256(got.bytes), digests[0]);
+    const onWire = Buffer.concat([p2p.seen(), data!.seen()]);
+    for (const at of [0, 4 * MiB, 9 * MiB]) assert.ok(!onWire.includes(blobs[0]!.subarray(at, at + 64)), `the bytes at ${at} are not on the wire`);
+    assert.ok(data!.seen().length >= blobs[0]!.length, `the data port carried ${data!.seen().length} bytes`);
+    const mb = await scrape(b.url);
+    const mh = await scrape(holder.url);
+    assert.equal(mb.get('shoal_peer_data_channel_transfers_total', { direction: 'in', sealed: 'true' }), 3, 'three chunks came sealed');
+    assert.equal(mb.get('shoal_peer_data_channel_transfers_total', { direction: 'in', sealed: 'false' }), 0);
+    assert.equal(mh.get('shoal_peer_data_channel_transfers_total', { direction: 'out', sealed: 'false' }), 0);
   });
 });
