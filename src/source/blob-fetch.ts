@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { setImmediate } from 'node:timers/promises';
 import { Readable } from 'node:stream';
 import { AbortedError, byteLength, Digest, DigestMismatchError, NotFoundError, UnavailableError, diskFullCode, isShoalError, storageFullError, type Bytes, type ChunkMap } from '../oci/index.ts';
-import type { ByteRange, ContentStore, Ingest, IoOptions } from '../store/index.ts';
+import { RECYCLE, recyclerOf, type ByteRange, type ContentStore, type Ingest, type IoOptions, type Recycling } from '../store/index.ts';
 import type { PullMetrics } from './metrics.ts';
 import { isSeedGone, type SeedSet } from './types.ts';
 import type { PeerNetwork, PullHint } from '../p2p/types.ts';
@@ -574,11 +574,21 @@ export class BlobFetch {
    * The bytes of `range` (whole blob when undefined), as they arrive. Errors if the fetch fails, including
    * after some bytes went out; the caller must then cut the client's connection.
    */
-  read(range: ByteRange | undefined, opts: IoOptions = {}): Readable {
-    return Readable.from(this.follow(range, opts.signal), { objectMode: false });
+  read(range: ByteRange | undefined, opts: IoOptions = {}): Readable & Recycling {
+    // The chunks come from pooled reads (of the ingest, then of the stored blob): each may go back to its pool once
+    // the caller wrote it out.
+    const owners = new WeakMap<Uint8Array, (chunk: Uint8Array) => void>();
+    const stream = Readable.from(this.follow(range, opts.signal, owners), { objectMode: false });
+    return Object.assign(stream, {
+      [RECYCLE]: (chunk: Uint8Array): void => {
+        const give = owners.get(chunk);
+        owners.delete(chunk);
+        give?.(chunk);
+      },
+    });
   }
 
-  private async *follow(range: ByteRange | undefined, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+  private async *follow(range: ByteRange | undefined, signal: AbortSignal | undefined, owners: WeakMap<Uint8Array, (chunk: Uint8Array) => void>): AsyncGenerator<Uint8Array> {
     const total = await this.size;
     const end = range?.end ?? total - 1;
     let pos = range?.start ?? 0;
@@ -593,7 +603,12 @@ export class BlobFetch {
         generation = this.generation;
       }
       if (this.state === 'committed') {
-        for await (const c of await this.opts.store.readContent(this.digest, { start: pos, end }, { signal })) yield c as Uint8Array;
+        const stored = await this.opts.store.readContent(this.digest, { start: pos, end }, { signal });
+        const give = recyclerOf(stored);
+        for await (const c of stored as AsyncIterable<Uint8Array>) {
+          if (give) owners.set(c, give);
+          yield c;
+        }
         return;
       }
       if (this.state === 'failed') throw this.failure;
@@ -603,10 +618,13 @@ export class BlobFetch {
         const until = Math.min(available - 1, end);
         const reading = this.generation;
         try {
-          for await (const c of await this.ingest.read({ start: pos, end: until }, { signal })) {
+          const part = await this.ingest.read({ start: pos, end: until }, { signal });
+          const give = recyclerOf(part);
+          for await (const c of part as AsyncIterable<Uint8Array>) {
             if (this.generation !== reading) break;
-            pos += (c as Uint8Array).length;
-            yield c as Uint8Array;
+            pos += c.length;
+            if (give) owners.set(c, give);
+            yield c;
           }
         } catch (err) {
           // The ingest was committed (its handle closed, the file renamed) or dropped while we read: wait for

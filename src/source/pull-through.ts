@@ -468,6 +468,7 @@ export class PullThrough {
     if (!fetch) return undefined;
     const size = await fetch.size;
     if (req.start >= size) return undefined;
-    return { size, stream: fetch.read({ start: req.start, end: Math.min(req.end, size - 1) }, opts) };
+    const stream = fetch.read({ start: req.start, end: Math.min(req.end, size - 1) }, opts);
+    return { size, stream, recycle: recyclerOf(stream) };
   }
 }

@@ -69,19 +69,6 @@ function checkAbort(signal?: AbortSignal): void {
   if (signal?.aborted) throw new AbortedError();
 }
 
-/** The bytes start..end (inclusive) of an open file, in pieces of at most READ_CHUNK. */
-async function* readRange(fh: FileHandle, start: number, end: number): AsyncGenerator<Buffer> {
-  let position = start;
-  while (position <= end) {
-    const length = Math.min(READ_CHUNK, end - position + 1);
-    const buf = Buffer.allocUnsafe(length);
-    const { bytesRead } = await fh.read(buf, 0, length, position);
-    if (bytesRead === 0) return;
-    position += bytesRead;
-    yield bytesRead === length ? buf : buf.subarray(0, bytesRead);
-  }
-}
-
 /** Makes a directory's entries (a rename or an unlink in it) durable. */
 async function fsyncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r');
@@ -160,28 +147,40 @@ export class ReadBufferPool {
   }
 }
 
+/** The method of a stream whose chunks may go back to the buffers they were read into, once written out. */
+export const RECYCLE = Symbol('shoal.recycle');
+
+/** A stream with a RECYCLE method: it takes back the chunks it gave (and only those), once nothing refers to them. */
+export interface Recycling {
+  [RECYCLE](chunk: Uint8Array): void;
+}
+
 /** What hands a stream's chunks back to its pool once they are written out; undefined for a stream without one. */
 export function recyclerOf(stream: unknown): ((chunk: Uint8Array) => void) | undefined {
-  return stream instanceof PooledFileReader ? (chunk) => stream.recycle(chunk) : undefined;
+  const recycle = (stream as Partial<Recycling> | undefined)?.[RECYCLE];
+  return typeof recycle === 'function' ? (chunk) => recycle.call(stream, chunk) : undefined;
 }
 
 /**
  * A stored blob's bytes (inclusive range) read into pooled buffers. Whoever has written a chunk out and no longer
  * refers to it may hand it back with `recycle(chunk)`; one never handed back is simply collected.
  */
-export class PooledFileReader extends Readable {
+export class PooledFileReader extends Readable implements Recycling {
   private position: number;
   private readonly end: number;
   private readonly fh: FileHandle;
   private readonly pool: ReadBufferPool;
   private readonly size: number;
+  /** The handle is someone else's (an ingest's writer): it stays open when this stream ends. */
+  private readonly borrowed: boolean;
   private reading = false;
   /** The chunks this stream pushed: only those exact objects come back to the pool (never a slice of one). */
   private readonly pushed = new WeakSet<Uint8Array>();
 
-  constructor(fh: FileHandle, range: { start: number; end: number }, pool: ReadBufferPool, size: number) {
+  constructor(fh: FileHandle, range: { start: number; end: number }, pool: ReadBufferPool, size: number, opts: { borrowed?: boolean } = {}) {
     super({ highWaterMark: size });
     this.fh = fh;
+    this.borrowed = opts.borrowed === true;
     this.position = range.start;
     this.end = range.end;
     this.pool = pool;
@@ -189,7 +188,7 @@ export class PooledFileReader extends Readable {
   }
 
   /** Hands back a chunk this stream gave, once nothing refers to it any more (its write is done). */
-  recycle(chunk: Uint8Array): void {
+  [RECYCLE](chunk: Uint8Array): void {
     if (!this.pushed.delete(chunk)) return;
     this.pool.give(chunk, this.size);
   }
@@ -224,6 +223,10 @@ export class PooledFileReader extends Readable {
   }
 
   override _destroy(err: Error | null, callback: (error?: Error | null) => void): void {
+    if (this.borrowed) {
+      callback(err);
+      return;
+    }
     this.fh.close().then(
       () => callback(err),
       (closeErr: Error) => callback(err ?? closeErr),
@@ -329,7 +332,9 @@ export class DiskBlobBytes implements BlobBytes {
       read: async (range) => {
         if (range.end < range.start) return Readable.from([]);
         if (closed) throw Object.assign(new Error('the ingest was committed or discarded'), { code: 'ENOENT' });
-        return Readable.from(readRange(fh, range.start, range.end), { objectMode: false });
+        // Clients that follow a fetch read what arrived since their last read, often less than a megabyte.
+        const size = range.end - range.start + 1 >= READ_CHUNK ? READ_CHUNK : SHARED_READ_CHUNK;
+        return new PooledFileReader(fh, range, this.readBuffers, size, { borrowed: true });
       },
       commit: async (digest) => {
         await syncing;

@@ -9,7 +9,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PooledFileReader, ReadBufferPool } from '../../src/store/bytes.ts';
+import { Readable } from 'node:stream';
+import { PooledFileReader, ReadBufferPool, recyclerOf } from '../../src/store/bytes.ts';
 
 describe('pooled blob reads', () => {
   const dirs: string[] = [];
@@ -50,12 +51,15 @@ describe('pooled blob reads', () => {
     const first = new PooledFileReader(await open(path, 'r'), { start: 0, end: 65535 }, pool, 65536);
     const [chunk] = await readAll(first);
     assert.ok(chunk);
-    first.recycle(chunk.subarray(0, 100));
-    first.recycle(Buffer.allocUnsafeSlow(65536));
+    const recycle = recyclerOf(first)!;
+    assert.equal(typeof recycle, 'function');
+    assert.equal(recyclerOf(Readable.from([chunk])), undefined, 'a plain stream has no recycler');
+    recycle(chunk.subarray(0, 100));
+    recycle(Buffer.allocUnsafeSlow(65536));
     const fresh = pool.take(65536);
     assert.notEqual(fresh.buffer, chunk.buffer, 'nothing was taken back yet');
-    first.recycle(chunk);
-    first.recycle(chunk);
+    recycle(chunk);
+    recycle(chunk);
     const reused = pool.take(65536);
     assert.equal(reused.buffer, chunk.buffer, 'the written chunk serves the next read');
     assert.notEqual(pool.take(65536).buffer, chunk.buffer, 'and it was taken back once');
@@ -64,5 +68,24 @@ describe('pooled blob reads', () => {
     const [next] = await readAll(second);
     assert.equal(next!.buffer, chunk.buffer, 'a later reader reads into it');
     assert.ok(next!.equals(bytes.subarray(65536, 131072)));
+  });
+
+  it("a reader on a borrowed handle (an ingest's writer) leaves it open when it ends or is destroyed", async () => {
+    const path = await file();
+    const fh = await open(path, 'r');
+    try {
+      const pool = new ReadBufferPool();
+      const whole = await readAll(new PooledFileReader(fh, { start: 0, end: 99 }, pool, 65536, { borrowed: true }));
+      assert.ok(Buffer.concat(whole).equals(bytes.subarray(0, 100)));
+      const cut = new PooledFileReader(fh, { start: 0, end: bytes.length - 1 }, pool, 65536, { borrowed: true });
+      await new Promise<void>((resolve) => cut.once('readable', () => resolve()));
+      cut.destroy();
+      await new Promise((resolve) => cut.once('close', resolve));
+      const again = Buffer.alloc(10);
+      await fh.read(again, 0, 10, 200);
+      assert.ok(again.equals(bytes.subarray(200, 210)), 'the handle still reads');
+    } finally {
+      await fh.close();
+    }
   });
 });
