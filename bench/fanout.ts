@@ -148,6 +148,9 @@ export async function fanoutBench(): Promise<void> {
       peerBytes += m.get('shoal_pull_bytes_total', { source: 'peer' });
     }
     await Promise.all(hosts.map((h) => h.proc!.terminate()));
+    if (process.env.BENCH_FANOUT_LOGS) {
+      for (const h of hosts) await writeFile(join(process.env.BENCH_FANOUT_LOGS, `node-${h.ip}.log`), h.proc!.lines.join('\n'));
+    }
     const bound = image.bytes / rate;
     figures = {
       nodes,

@@ -108,6 +108,7 @@ export class ContentClient {
       await writeJson(lp, wantsChannel ? { ...req, channel: true, ...(clear ? { clear: true } : {}) } : req, opts);
       const header = parseChunkHeader(await readJson(lp, opts), { clear });
       if (header.status === 'NOT_FOUND') throw new NotFoundError('BLOB_UNKNOWN', `peer ${peer} does not have ${req.digest}`);
+      if (header.status === 'BUSY') throw new UnavailableError(`peer ${peer} is busy (it serves as many chunk streams as it may): ask again shortly`, { busy: true });
       if (header.status !== 'OK') throw new UnavailableError(`peer ${peer} answered ${header.status}${header.status === 'ERROR' ? `: ${header.message}` : ''}`);
       size = header.size;
       offer = header.channel;

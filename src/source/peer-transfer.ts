@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { AbortedError, byteLength, NotFoundError, skipBytes, UnavailableError, type Bytes, type ChunkMap } from '../oci/index.ts';
 import { CHUNK_SIZE, type PeerNetwork, type PullHint } from '../p2p/types.ts';
@@ -30,6 +31,20 @@ const HEDGE_FACTOR = 4;
 const MIN_HEDGE_MS = 1_000;
 /** Before any chunk finished there is no median: the first chunks are hedged after this long. */
 const FIRST_HEDGE_MS = 3_000;
+/**
+ * A peer that answers BUSY serves as many chunk streams as it may: it is asked again after a pause that grows from
+ * BUSY_FIRST_MS to BUSY_MAX_MS, for BUSY_GIVE_UP_MS of pauses per chunk in all, before the chunk goes elsewhere (the
+ * seed, when no other peer has it). A busy rendezvous owner is often pulling the blob from the seed for everyone: its
+ * followers wait for it rather than fetch the same bytes from the seed again.
+ */
+const BUSY_FIRST_MS = 50;
+const BUSY_MAX_MS = 1_000;
+const BUSY_GIVE_UP_MS = 20_000;
+
+/** The peer refused a chunk stream only because it serves as many as it may (its BUSY answer). */
+export function isBusy(err: unknown): boolean {
+  return err instanceof UnavailableError && (err.detail as { busy?: unknown } | undefined)?.busy === true;
+}
 
 export interface PeerTransferOptions {
   network: PeerNetwork;
@@ -115,6 +130,8 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
       let done = false;
       let inFlight = 0;
       let seedTried = false;
+      let busyWaited = 0;
+      let busyAttempts = 0;
       let hedgeTimer: NodeJS.Timeout | undefined;
       let lastError: unknown = new NotFoundError('BLOB_UNKNOWN', `no peer could serve ${digest}`);
       const finish = (settle: () => void): void => {
@@ -208,6 +225,16 @@ export async function transferFromPeers(opts: PeerTransferOptions): Promise<numb
         } catch (err) {
           if (done) return;
           lastError = err;
+          if (isBusy(err) && busyWaited < BUSY_GIVE_UP_MS) {
+            // Not a failure: the same peer is asked again after a pause (the slot stays in flight meanwhile).
+            const pause = Math.min(BUSY_MAX_MS, BUSY_FIRST_MS * 2 ** busyAttempts++);
+            const wait = Math.round(pause * (0.5 + Math.random() / 2));
+            busyWaited += wait;
+            logger.debug({ peer: source.peer, digest, chunk: index, waitMs: wait }, 'peer busy: asking it again shortly');
+            await sleep(wait, undefined, { signal: chunkSignal }).catch(() => undefined);
+            tried.delete(source.peer);
+            return;
+          }
           source.failures++;
           if (err instanceof NotFoundError || source.failures >= 2) live.delete(source.peer);
           logger.debug({ peer: source.peer, digest, chunk: index, err: (err as Error).message }, 'chunk from peer failed');
