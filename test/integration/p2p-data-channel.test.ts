@@ -90,16 +90,21 @@ describe('the data channel between peers', () => {
     return node;
   }
 
+  /** Pulls `blob` through `b`: it arrives verified, no piece of it is readable on either relay, and the data port carried it all. */
+  async function pullSealed(b: ShoalProcess, blob: Buffer, digest: string, p2p: RecordingRelay, data: RecordingRelay): Promise<void> {
+    const got = await getBlob(b, 'dc/app', digest);
+    assert.equal(got.status, 200);
+    assert.equal(sha256(got.bytes), digest);
+    const onWire = Buffer.concat([p2p.seen(), data.seen()]);
+    for (const at of [0, 4 * MiB, 9 * MiB]) assert.ok(!onWire.includes(blob.subarray(at, at + 64)), `the bytes at ${at} are not on the wire`);
+    assert.ok(data.seen().length >= blob.length, `the data port carried ${data.seen().length} bytes`);
+  }
+
   it('carries chunk bytes sealed: the blob arrives verified and no piece of it is readable on the wire', { timeout: 120_000 }, async () => {
     const { keyFile, blobs, digests, p2p, data, holder } = await setup({ relayData: true });
     const b = await puller(keyFile, p2p);
-    const got = await getBlob(b, 'dc/app', digests[0]!);
-    assert.equal(got.status, 200);
-    assert.equal(sha256(got.bytes), digests[0]);
-    const onWire = Buffer.concat([p2p.seen(), data!.seen()]);
-    for (const at of [0, 4 * MiB, 9 * MiB]) assert.ok(!onWire.includes(blobs[0]!.subarray(at, at + 64)), `the bytes at ${at} are not on the wire`);
     // The sealed bytes went over the data port: the whole blob, plus a tag per chunk and a ticket per connection.
-    assert.ok(data!.seen().length >= blobs[0]!.length, `the data port carried ${data!.seen().length} bytes`);
+    await pullSealed(b, blobs[0]!, digests[0]!, p2p, data!);
     assert.ok(p2p.seen().length < 1 * MiB, `the peer connection carried only requests and answers (${p2p.seen().length} bytes)`);
     const mb = await scrape(b.url);
     const mh = await scrape(holder.url);
@@ -164,12 +169,7 @@ describe('the data channel between peers', () => {
   it('only the holder with --p2p-clear-data: the peer connection is Noise, and the data channel stays sealed', { timeout: 120_000 }, async () => {
     const { keyFile, blobs, digests, p2p, data, holder } = await setup({ relayData: true, holderArgs: ['--p2p-clear-data'] });
     const b = await puller(keyFile, p2p);
-    const got = await getBlob(b, 'dc/app', digests[0]!);
-    assert.equal(got.status, 200);
-    assert.equal(sha256(got.bytes), digests[0]);
-    const onWire = Buffer.concat([p2p.seen(), data!.seen()]);
-    for (const at of [0, 4 * MiB, 9 * MiB]) assert.ok(!onWire.includes(blobs[0]!.subarray(at, at + 64)), `the bytes at ${at} are not on the wire`);
-    assert.ok(data!.seen().length >= blobs[0]!.length, `the data port carried ${data!.seen().length} bytes`);
+    await pullSealed(b, blobs[0]!, digests[0]!, p2p, data!);
     const mb = await scrape(b.url);
     const mh = await scrape(holder.url);
     assert.equal(mb.get('shoal_peer_data_channel_transfers_total', { direction: 'in', sealed: 'true' }), 3, 'three chunks came sealed');
