@@ -88,6 +88,8 @@ export class KvContentStore implements ContentStore {
   /** Digests that manifest puts in progress refer to (from their check until their records are written). */
   private readonly referenced = new Map<string, number>();
   private readonly guards = new Set<Guard>();
+  /** Chunk maps of blobs just committed, still being computed by the hashing thread (see recordChunkMap). */
+  private readonly pendingMaps = new Map<string, Promise<void>>();
   private opened = false;
   /** Hashes ingests on a thread of its own (started on the first ingest of a file on disk). */
   private readonly ingestHasher = new IngestHasher();
@@ -114,6 +116,7 @@ export class KvContentStore implements ContentStore {
   async close(): Promise<void> {
     if (!this.opened) return;
     this.opened = false;
+    await Promise.allSettled(this.pendingMaps.values());
     await this.ingestHasher.close();
     await this.kv.close();
   }
@@ -240,7 +243,20 @@ export class KvContentStore implements ContentStore {
     }
   }
 
+  /** Records a new blob's chunk map once the hashing thread has it; until then chunkMap() waits for it. */
+  private recordChunkMap(digest: string, map: Promise<ChunkMap>): void {
+    const recording: Promise<void> = map
+      .then((m) => this.putWhileStored(digest, keys.chunks(digest), m, { ifAbsent: true }))
+      // Without it, the map is computed from the stored bytes when a peer asks (chunkMap).
+      .catch(() => undefined)
+      .finally(() => {
+        if (this.pendingMaps.get(digest) === recording) this.pendingMaps.delete(digest);
+      });
+    this.pendingMaps.set(digest, recording);
+  }
+
   async chunkMap(digest: string, opts: IoOptions = {}): Promise<ChunkMap | undefined> {
+    await this.pendingMaps.get(digest);
     const rec = await this.kv.get<BlobRecord>(keys.blob(digest));
     if (!rec) return undefined;
     const map = await this.kv.get<ChunkMap>(keys.chunks(digest));
@@ -534,12 +550,12 @@ export class KvContentStore implements ContentStore {
       await file.discard();
     };
     /** The sha256 and chunk map of what was written; when the hashing thread failed, this thread hashes the file. */
-    let hashing: Promise<{ digest: string; chunks: ChunkMap }> | undefined;
-    const hashed = (): Promise<{ digest: string; chunks: ChunkMap }> => {
+    let hashing: Promise<{ digest: string; chunks: Promise<ChunkMap> }> | undefined;
+    const hashed = (): Promise<{ digest: string; chunks: Promise<ChunkMap> }> => {
       writable = false;
       return (hashing ??= hashAll());
     };
-    const hashAll = async (): Promise<{ digest: string; chunks: ChunkMap }> => {
+    const hashAll = async (): Promise<{ digest: string; chunks: Promise<ChunkMap> }> => {
       let h: IngestHash;
       try {
         h = await job.finish(size);
@@ -554,7 +570,9 @@ export class KvContentStore implements ContentStore {
         }
         h = await again.finish(size);
       }
-      return { digest: `sha256:${h.digest}`, chunks: { size, chunks: h.chunks } };
+      const chunks = h.chunks.then((list) => ({ size, chunks: list }));
+      chunks.catch(() => undefined);
+      return { digest: `sha256:${h.digest}`, chunks };
     };
     const ingest: Ingest = {
       get size() {
@@ -608,11 +626,11 @@ export class KvContentStore implements ContentStore {
             throw err;
           }
           const ops = await this.linkOps(repository, info);
-          // The chunk map comes from the bytes just verified against the digest: this node can vouch for it.
-          if (ops.some((o) => o.type === 'put' && o.key === keys.blob(info.digest)) && Digest.parse(info.digest).algorithm === 'sha256') {
-            ops.push({ type: 'put', key: keys.chunks(info.digest), value: chunks });
-          }
+          const isNew = ops.some((o) => o.type === 'put' && o.key === keys.blob(info.digest));
           await this.applyLink(ops, info);
+          // The chunk map comes from the bytes just verified against the digest: this node can vouch for it. The
+          // hashing thread gives it after the digest, so it is recorded when it comes (chunkMap waits for it).
+          if (isNew && Digest.parse(info.digest).algorithm === 'sha256') this.recordChunkMap(info.digest, chunks);
           crashPoint('commit:records');
           return info;
         });

@@ -16,8 +16,12 @@ export interface IngestHash {
   size: number;
   /** sha256 hex of the whole. */
   digest: string;
-  /** sha256 hex of every CHUNK_SIZE chunk (the last may be shorter). */
-  chunks: string[];
+  /**
+   * sha256 hex of every CHUNK_SIZE chunk (the last may be shorter). The hashing thread computes them after it gave the
+   * digest, from the file (still in the page cache): what a pull waits for is the digest; the chunk map is for peers,
+   * who ask for it later. Rejects when the thread failed, or the job was dropped first.
+   */
+  chunks: Promise<string[]>;
 }
 
 /** How an ingest's bytes are hashed: on the hashing thread (IngestHasher.track) or on this one (inlineHashJob). */
@@ -30,8 +34,9 @@ export interface HashJob {
   /** The hash of the first `size` bytes; rejects when the hashing thread failed. */
   finish(size: number): Promise<IngestHash>;
   /**
-   * The ingest is dropped: resolves once the thread closed its handle on the file, so that removing the file frees
-   * its space at once (an open handle keeps a deleted file's blocks; a full disk needs them back).
+   * The ingest is dropped (or its chunk map no longer wanted): resolves once the thread closed its handle on the
+   * file, so that removing the file frees its space at once (an open handle keeps a deleted file's blocks; a full
+   * disk needs them back).
    */
   drop(): Promise<void>;
 }
@@ -48,14 +53,16 @@ export function inlineHashJob(): HashJob {
     finish: async (size) => {
       const map = chunks.map();
       if (map.size !== size) throw new Error(`${map.size} bytes were hashed, not ${size}`);
-      return { size, digest: digest.digest('hex'), chunks: map.chunks };
+      return { size, digest: digest.digest('hex'), chunks: Promise.resolve(map.chunks) };
     },
     drop: async () => undefined,
   };
 }
 
 // The worker is plain JavaScript given as source, so that it runs the same from the TypeScript sources and from the
-// compiled bundle. It reads with a read buffer of its own and never writes.
+// compiled bundle. It reads with a read buffer of its own and never writes. While the ingest is written it computes
+// the digest only; on finish it answers the digest, then hashes the chunks no writer vouched for, one chunk per turn
+// of its event loop (so that a drop is heard between two), and answers the chunk map.
 const WORKER_SOURCE = `
 const { parentPort } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
@@ -63,29 +70,25 @@ const fs = require('node:fs');
 const CHUNK = ${CHUNK_SIZE};
 const buf = Buffer.allocUnsafe(1024 * 1024);
 const jobs = new Map();
-function endChunk(job) {
-  const index = job.chunks.length;
-  if (job.skip) job.chunks.push(job.known.get(index));
-  else {
-    job.chunks.push(job.chunk.digest('hex'));
-    job.chunk = createHash('sha256');
-  }
-  job.known.delete(index);
-  job.inChunk = 0;
-}
 function advance(job, upTo) {
   while (job.pos < upTo) {
-    if (job.inChunk === 0) job.skip = job.known.has(job.chunks.length);
-    const want = Math.min(buf.length, upTo - job.pos, CHUNK - job.inChunk);
-    const n = fs.readSync(job.fd, buf, 0, want, job.pos);
+    const n = fs.readSync(job.fd, buf, 0, Math.min(buf.length, upTo - job.pos), job.pos);
     if (n === 0) throw new Error('the file holds ' + job.pos + ' bytes, not ' + upTo);
-    const piece = n === buf.length ? buf : buf.subarray(0, n);
-    job.digest.update(piece);
-    if (!job.skip) job.chunk.update(piece);
+    job.digest.update(n === buf.length ? buf : buf.subarray(0, n));
     job.pos += n;
-    job.inChunk += n;
-    if (job.inChunk === CHUNK) endChunk(job);
   }
+}
+function hashChunk(job, index) {
+  const start = index * CHUNK;
+  const end = Math.min(job.pos, start + CHUNK);
+  const hash = createHash('sha256');
+  for (let at = start; at < end; ) {
+    const n = fs.readSync(job.fd, buf, 0, Math.min(buf.length, end - at), at);
+    if (n === 0) throw new Error('the file holds ' + at + ' bytes, not ' + end);
+    hash.update(n === buf.length ? buf : buf.subarray(0, n));
+    at += n;
+  }
+  return hash.digest('hex');
 }
 function close(id) {
   const job = jobs.get(id);
@@ -93,27 +96,46 @@ function close(id) {
   jobs.delete(id);
   if (job.fd !== undefined) try { fs.closeSync(job.fd); } catch {}
 }
+function chunkPass(id) {
+  const job = jobs.get(id);
+  if (!job) return;
+  const count = Math.ceil(job.pos / CHUNK);
+  try {
+    while (job.chunks.length < count) {
+      const index = job.chunks.length;
+      const known = job.known.get(index);
+      if (known !== undefined && (index + 1) * CHUNK <= job.pos) {
+        job.chunks.push(known);
+        continue;
+      }
+      job.chunks.push(hashChunk(job, index));
+      if (job.chunks.length < count) { setImmediate(chunkPass, id); return; }
+    }
+    parentPort.postMessage({ id, kind: 'chunks', chunks: job.chunks });
+  } catch (err) {
+    parentPort.postMessage({ id, kind: 'chunks', error: String(err && err.message || err) });
+  }
+  close(id);
+}
 parentPort.on('message', (m) => {
   try {
     if (m.type === 'open') {
       let fd;
       let failed;
       try { fd = fs.openSync(m.path, 'r'); } catch (err) { failed = String(err && err.message || err); }
-      jobs.set(m.id, { fd, pos: 0, digest: createHash('sha256'), chunk: createHash('sha256'), inChunk: 0, chunks: [], known: new Map(), skip: false, failed });
+      jobs.set(m.id, { fd, pos: 0, digest: createHash('sha256'), chunks: [], known: new Map(), failed });
       return;
     }
     const job = jobs.get(m.id);
-    if (!job) {
-      if (m.type === 'drop') parentPort.postMessage({ id: m.id, dropped: true });
-      return;
-    }
     if (m.type === 'drop') {
+      if (job && job.finished) parentPort.postMessage({ id: m.id, kind: 'chunks', error: 'the hash job was dropped' });
       close(m.id);
-      parentPort.postMessage({ id: m.id, dropped: true });
+      parentPort.postMessage({ id: m.id, kind: 'dropped' });
       return;
     }
+    if (!job) return;
     if (job.failed) {
-      if (m.type === 'finish') { parentPort.postMessage({ id: m.id, error: job.failed }); close(m.id); }
+      if (m.type === 'finish') { parentPort.postMessage({ id: m.id, kind: 'digest', error: job.failed }); close(m.id); }
       return;
     }
     try {
@@ -121,42 +143,39 @@ parentPort.on('message', (m) => {
       else if (m.type === 'upto') advance(job, m.size);
       else if (m.type === 'finish') {
         advance(job, m.size);
-        if (job.inChunk > 0) endChunk(job);
-        parentPort.postMessage({ id: m.id, size: job.pos, digest: job.digest.digest('hex'), chunks: job.chunks });
-        close(m.id);
+        job.finished = true;
+        parentPort.postMessage({ id: m.id, kind: 'digest', size: job.pos, digest: job.digest.digest('hex') });
+        setImmediate(chunkPass, m.id);
       }
     } catch (err) {
       job.failed = String(err && err.message || err);
-      if (m.type === 'finish') { parentPort.postMessage({ id: m.id, error: job.failed }); close(m.id); }
+      if (m.type === 'finish') { parentPort.postMessage({ id: m.id, kind: 'digest', error: job.failed }); close(m.id); }
     }
   } catch (err) {
-    parentPort.postMessage({ id: m.id, error: String(err && err.message || err) });
+    parentPort.postMessage({ id: m.id, kind: 'digest', error: String(err && err.message || err) });
   }
 });
 `;
 
-type Reply = { id: number; error: string } | { id: number; dropped: true } | ({ id: number } & IngestHash);
+type Reply =
+  | { id: number; kind: 'digest' | 'chunks'; error: string }
+  | { id: number; kind: 'digest'; size: number; digest: string }
+  | { id: number; kind: 'chunks'; chunks: string[] }
+  | { id: number; kind: 'dropped' };
 
 /** The hashing thread of one store: started on first use, ended by close(). */
 export class IngestHasher {
   private worker?: Worker;
   private nextId = 1;
-  /** Answers awaited (a finish or a drop), by job id. While there are some, the thread holds the process open. */
-  private readonly awaited = new Map<number, { settle(reply: Reply): void; fail(err: Error): void }>();
+  /** Answers awaited, by kind and job id. While there are some, the thread holds the process open. */
+  private readonly awaited = new Map<string, { settle(reply: Reply): void; fail(err: Error): void }>();
   private closed = false;
 
   private start(): Worker {
     if (this.worker) return this.worker;
     const worker = new Worker(WORKER_SOURCE, { eval: true, name: 'shoal-ingest-hasher' });
     worker.unref();
-    worker.on('message', (reply: Reply) => {
-      const w = this.awaited.get(reply.id);
-      if (!w) return;
-      this.awaited.delete(reply.id);
-      // An idle hashing thread keeps no process alive.
-      if (this.awaited.size === 0) worker.unref();
-      w.settle(reply);
-    });
+    worker.on('message', (reply: Reply) => this.answer(reply, worker));
     const failAll = (err: Error): void => {
       if (this.worker === worker) this.worker = undefined;
       for (const w of this.awaited.values()) w.fail(err);
@@ -168,11 +187,24 @@ export class IngestHasher {
     return worker;
   }
 
-  /** Sends a job's last message and waits for its answer. */
-  private ask(worker: Worker, id: number, message: object, settle: (reply: Reply) => void, fail: (err: Error) => void): void {
-    this.awaited.set(id, { settle, fail });
-    worker.ref();
-    worker.postMessage(message);
+  /** Settles whoever awaits this answer. */
+  private answer(reply: Reply, worker: Worker): void {
+    const key = `${reply.kind}:${reply.id}`;
+    const w = this.awaited.get(key);
+    if (!w) return;
+    this.awaited.delete(key);
+    // An idle hashing thread keeps no process alive.
+    if (this.awaited.size === 0) worker.unref();
+    w.settle(reply);
+  }
+
+  /** Waits for the answer of `kind` to job `id`; rejects when the thread is gone. */
+  private await(worker: Worker, kind: Reply['kind'], id: number): Promise<Reply> {
+    if (this.worker !== worker) return Promise.reject(new Error('the hashing thread has ended'));
+    return new Promise<Reply>((resolve, reject) => {
+      this.awaited.set(`${kind}:${id}`, { settle: resolve, fail: reject });
+      worker.ref();
+    });
   }
 
   /** Follows the ingest file at `path` (empty at this point) as it is written. */
@@ -181,28 +213,43 @@ export class IngestHasher {
     const worker = this.start();
     const id = this.nextId++;
     worker.postMessage({ type: 'open', id, path });
-    let ended = false;
-    /** The job's last message, once: false when it already had one or the thread is gone. */
-    const last = (): boolean => {
-      const live = !ended && this.worker === worker;
-      ended = true;
-      return live;
-    };
+    let finished = false;
+    let dropped = false;
+    const live = (): boolean => this.worker === worker;
     return {
       appended: (bytes, offset, knownHash) => {
-        if (ended) return;
+        if (finished || dropped || !live()) return;
         const length = byteLength(bytes);
         if (knownHash !== undefined && isWholeChunk(offset, length)) worker.postMessage({ type: 'known', id, index: offset / CHUNK_SIZE, hash: knownHash });
         worker.postMessage({ type: 'upto', id, size: offset + length });
       },
-      finish: (size) =>
-        last()
-          ? new Promise<IngestHash>((resolve, reject) =>
-              this.ask(worker, id, { type: 'finish', id, size }, (r) => ('error' in r ? reject(new Error(`hashing thread: ${r.error}`)) : 'dropped' in r ? reject(new Error('the hash job was dropped')) : resolve({ size: r.size, digest: r.digest, chunks: r.chunks })), reject),
-            )
-          : Promise.reject(new Error('the hash job has ended, or its thread has')),
+      finish: async (size) => {
+        if (finished || dropped || !live()) throw new Error('the hash job has ended, or its thread has');
+        finished = true;
+        const digest = this.await(worker, 'digest', id);
+        const chunks = this.await(worker, 'chunks', id).then((r) => {
+          if ('error' in r) throw new Error(`hashing thread: ${r.error}`);
+          return (r as { chunks: string[] }).chunks;
+        });
+        chunks.catch(() => undefined);
+        worker.postMessage({ type: 'finish', id, size });
+        const r = await digest;
+        if ('error' in r) {
+          // No chunk pass follows a failed digest.
+          this.answer({ id, kind: 'chunks', error: r.error }, worker);
+          throw new Error(`hashing thread: ${r.error}`);
+        }
+        const d = r as { size: number; digest: string };
+        return { size: d.size, digest: d.digest, chunks };
+      },
       // A thread that ended holds no file open.
-      drop: () => (last() ? new Promise<void>((resolve) => this.ask(worker, id, { type: 'drop', id }, () => resolve(), () => resolve())) : Promise.resolve()),
+      drop: async () => {
+        if (dropped || !live()) return;
+        dropped = true;
+        const answer = this.await(worker, 'dropped', id).catch(() => undefined);
+        worker.postMessage({ type: 'drop', id });
+        await answer;
+      },
     };
   }
 

@@ -16,6 +16,21 @@ import { openDiskStore } from '../../src/store/index.ts';
 
 const hex = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
+/** Handles this process holds on `path`. */
+async function handlesOn(path: string): Promise<number> {
+  let n = 0;
+  for (const fd of await readdir('/proc/self/fd')) if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === path) n++;
+  return n;
+}
+
+/** Waits (up to 10 s) until `check` holds. */
+async function waitUntil(check: () => Promise<boolean>): Promise<void> {
+  for (const deadline = Date.now() + 10_000; !(await check()); ) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((ok) => setTimeout(ok, 20));
+  }
+}
+
 describe('ingest hashing thread', () => {
   const hasher = new IngestHasher();
   const dirs: string[] = [];
@@ -48,7 +63,7 @@ describe('ingest hashing thread', () => {
       const got = await job.finish(size);
       const chunks = new ChunkHasher();
       chunks.update(bytes);
-      assert.deepEqual(got, { size, digest: hex(bytes), chunks: chunks.map().chunks }, `size ${size}`);
+      assert.deepEqual({ ...got, chunks: await got.chunks }, { size, digest: hex(bytes), chunks: chunks.map().chunks }, `size ${size}`);
     }
   });
 
@@ -65,7 +80,31 @@ describe('ingest hashing thread', () => {
     job.appended(bytes.subarray(2 * CHUNK_SIZE), 2 * CHUNK_SIZE, 'e'.repeat(64));
     const got = await job.finish(bytes.length);
     assert.equal(got.digest, hex(bytes), 'the digest is still computed from every byte');
-    assert.deepEqual(got.chunks, [hex(bytes.subarray(0, CHUNK_SIZE)), stand, hex(bytes.subarray(2 * CHUNK_SIZE))]);
+    assert.deepEqual(await got.chunks, [hex(bytes.subarray(0, CHUNK_SIZE)), stand, hex(bytes.subarray(2 * CHUNK_SIZE))]);
+  });
+
+  it('gives the digest first, then the chunk map; a drop in between stops the chunk pass and leaves no handle', async () => {
+    const bytes = randomBytes(6 * CHUNK_SIZE);
+    const path = await tempFile();
+    await appendFile(path, bytes);
+    const job = hasher.track(path);
+    job.appended(bytes, 0);
+    const got = await job.finish(bytes.length);
+    assert.equal(got.digest, hex(bytes));
+    await job.drop();
+    assert.equal(await handlesOn(path), 0, 'no handle once drop() resolved');
+    // The drop came between two chunks (the pass stopped), or after the last one (the map is whole and right).
+    const map = await got.chunks.then(
+      (c) => c,
+      (err: Error) => (assert.match(err.message, /dropped/), undefined),
+    );
+    if (map) assert.deepEqual(map, Array.from({ length: 6 }, (_, i) => hex(bytes.subarray(i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE))));
+    // Undisturbed, the same file gives its whole map, and the handle goes once it has.
+    const again = hasher.track(path);
+    again.appended(bytes, 0);
+    const whole = await again.finish(bytes.length);
+    assert.equal((await whole.chunks).length, 6);
+    await waitUntil(async () => (await handlesOn(path)) === 0);
   });
 
   it('a file it cannot read, or fewer bytes than said, is an error', async () => {
@@ -82,13 +121,8 @@ describe('ingest hashing thread', () => {
     await appendFile(path, randomBytes(3 * CHUNK_SIZE));
     const job = hasher.track(path);
     job.appended(Buffer.alloc(3 * CHUNK_SIZE), 0);
-    const handles = async (): Promise<number> => {
-      let n = 0;
-      for (const fd of await readdir('/proc/self/fd')) if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === path) n++;
-      return n;
-    };
     await job.drop();
-    assert.equal(await handles(), 0);
+    assert.equal(await handlesOn(path), 0);
     await job.drop();
   });
 
