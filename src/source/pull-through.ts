@@ -455,8 +455,7 @@ export class PullThrough {
       const index = req.start / CHUNK_SIZE;
       const wholeChunk = Number.isInteger(index) && end === Math.min(info.size, req.start + CHUNK_SIZE) - 1;
       // A piece the caller copied out (the data channel encrypts it) may go back to the store's read buffers.
-      const recycle = recyclerOf(stream);
-      return { size: info.size, stream: wholeChunk ? this.vouched(stream, digest, index, map.chunks[index]!) : stream, ...(recycle ? { recycle } : {}) };
+      return { size: info.size, stream: wholeChunk ? this.vouched(stream, digest, index, map.chunks[index]!) : stream, recycle: recyclerOf(stream) };
     }
     let fetch = [...this.fetches.values()].find((f) => f.digest === digest);
     if (!fetch && req.pull) {

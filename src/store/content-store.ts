@@ -515,7 +515,8 @@ export class KvContentStore implements ContentStore {
     return ops;
   }
 
-  private async applyLink(ops: KvOp[], info: BlobInfo): Promise<void> {
+  /** Writes a link's records; true when they brought the blob into the store (it was not there). */
+  private async applyLink(ops: KvOp[], info: BlobInfo): Promise<boolean> {
     const isNew = ops.some((o) => o.type === 'put' && o.key === keys.blob(info.digest));
     this.touch([info.digest]);
     await this.kv.batch(ops);
@@ -524,6 +525,7 @@ export class KvContentStore implements ContentStore {
       this.totals.bytes += info.size;
       this.emit({ type: 'added', digest: info.digest, size: info.size });
     }
+    return isNew;
   }
 
   async openIngest(): Promise<Ingest> {
@@ -539,8 +541,6 @@ export class KvContentStore implements ContentStore {
     }
     let size = 0;
     let open = true;
-    /** False once the digest was asked for: no more bytes. */
-    let writable = true;
     let done = false;
     const finish = async (): Promise<void> => {
       if (done) return;
@@ -549,12 +549,12 @@ export class KvContentStore implements ContentStore {
       await job.drop();
       await file.discard();
     };
-    /** The sha256 and chunk map of what was written; when the hashing thread failed, this thread hashes the file. */
+    /**
+     * The sha256 and chunk map of what was written; when the hashing thread failed, this thread hashes the file.
+     * Once asked for, no more bytes may come.
+     */
     let hashing: Promise<{ digest: string; chunks: Promise<ChunkMap> }> | undefined;
-    const hashed = (): Promise<{ digest: string; chunks: Promise<ChunkMap> }> => {
-      writable = false;
-      return (hashing ??= hashAll());
-    };
+    const hashed = (): Promise<{ digest: string; chunks: Promise<ChunkMap> }> => (hashing ??= hashAll());
     const hashAll = async (): Promise<{ digest: string; chunks: Promise<ChunkMap> }> => {
       let h: IngestHash;
       try {
@@ -580,7 +580,7 @@ export class KvContentStore implements ContentStore {
       },
       append: async (chunk, opts = {}) => {
         checkAbort(opts.signal);
-        if (!open || !writable) throw new ShoalError('INTERNAL', 'write to a blob that is already committed, aborted or hashed');
+        if (!open || hashing) throw new ShoalError('INTERNAL', 'write to a blob that is already committed, aborted or hashed');
         await file.append(chunk);
         job.appended(chunk, size, opts.chunkHash);
         size += byteLength(chunk);
@@ -625,9 +625,7 @@ export class KvContentStore implements ContentStore {
             await file.discard();
             throw err;
           }
-          const ops = await this.linkOps(repository, info);
-          const isNew = ops.some((o) => o.type === 'put' && o.key === keys.blob(info.digest));
-          await this.applyLink(ops, info);
+          const isNew = await this.applyLink(await this.linkOps(repository, info), info);
           // The chunk map comes from the bytes just verified against the digest: this node can vouch for it. The
           // hashing thread gives it after the digest, so it is recorded when it comes (chunkMap waits for it).
           if (isNew && Digest.parse(info.digest).algorithm === 'sha256') this.recordChunkMap(info.digest, chunks);

@@ -10,7 +10,7 @@ import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { PooledFileReader, ReadBufferPool, recyclerOf } from '../../src/store/bytes.ts';
+import { DiskBlobBytes, PooledFileReader, ReadBufferPool, recyclerOf } from '../../src/store/bytes.ts';
 
 describe('pooled blob reads', () => {
   const dirs: string[] = [];
@@ -68,6 +68,32 @@ describe('pooled blob reads', () => {
     const [next] = await readAll(second);
     assert.equal(next!.buffer, chunk.buffer, 'a later reader reads into it');
     assert.ok(next!.equals(bytes.subarray(65536, 131072)));
+  });
+
+  it('reads of an ingest under way come in pooled buffers: a chunk written out and recycled serves the next read', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'shoal-pool-ingest-'));
+    dirs.push(dir);
+    const store = new DiskBlobBytes(dir);
+    await store.init();
+    const ingest = await store.ingest();
+    try {
+      await ingest.append(bytes);
+      const first = await ingest.read({ start: 0, end: 99 });
+      const recycle = recyclerOf(first);
+      assert.equal(typeof recycle, 'function', 'an ingest read can take its chunks back');
+      const [chunk] = (await first.toArray()) as Buffer[];
+      assert.ok(chunk!.equals(bytes.subarray(0, 100)));
+      recycle!(chunk!);
+      const [next] = (await (await ingest.read({ start: 100, end: 199 })).toArray()) as Buffer[];
+      assert.equal(next!.buffer, chunk!.buffer, 'the next read reads into the recycled buffer');
+      assert.ok(next!.equals(bytes.subarray(100, 200)));
+      // The reads borrowed the writer's handle: it still writes.
+      await ingest.append(Buffer.from('more'));
+      const [tail] = (await (await ingest.read({ start: bytes.length, end: bytes.length + 3 })).toArray()) as Buffer[];
+      assert.equal(tail!.toString(), 'more');
+    } finally {
+      await ingest.discard();
+    }
   });
 
   it("a reader on a borrowed handle (an ingest's writer) leaves it open when it ends or is destroyed", async () => {
