@@ -70,24 +70,22 @@ const fs = require('node:fs');
 const CHUNK = ${CHUNK_SIZE};
 const buf = Buffer.allocUnsafe(1024 * 1024);
 const jobs = new Map();
-function advance(job, upTo) {
-  while (job.pos < upTo) {
-    const n = fs.readSync(job.fd, buf, 0, Math.min(buf.length, upTo - job.pos), job.pos);
-    if (n === 0) throw new Error('the file holds ' + job.pos + ' bytes, not ' + upTo);
-    job.digest.update(n === buf.length ? buf : buf.subarray(0, n));
-    job.pos += n;
-  }
-}
-function hashChunk(job, index) {
-  const start = index * CHUNK;
-  const end = Math.min(job.pos, start + CHUNK);
-  const hash = createHash('sha256');
-  for (let at = start; at < end; ) {
-    const n = fs.readSync(job.fd, buf, 0, Math.min(buf.length, end - at), at);
-    if (n === 0) throw new Error('the file holds ' + at + ' bytes, not ' + end);
+function hashRange(fd, from, to, hash) {
+  for (let at = from; at < to; ) {
+    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, to - at), at);
+    if (n === 0) throw new Error('the file holds ' + at + ' bytes, not ' + to);
     hash.update(n === buf.length ? buf : buf.subarray(0, n));
     at += n;
   }
+}
+function advance(job, upTo) {
+  if (upTo <= job.pos) return;
+  hashRange(job.fd, job.pos, upTo, job.digest);
+  job.pos = upTo;
+}
+function hashChunk(job, index) {
+  const hash = createHash('sha256');
+  hashRange(job.fd, index * CHUNK, Math.min(job.pos, (index + 1) * CHUNK), hash);
   return hash.digest('hex');
 }
 function close(id) {
@@ -104,7 +102,7 @@ function chunkPass(id) {
     while (job.chunks.length < count) {
       const index = job.chunks.length;
       const known = job.known.get(index);
-      if (known !== undefined && (index + 1) * CHUNK <= job.pos) {
+      if (known !== undefined) {
         job.chunks.push(known);
         continue;
       }
