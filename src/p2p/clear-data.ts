@@ -16,6 +16,11 @@ import { clusterNoise } from './cluster-key.ts';
  */
 export const CLEAR_DATA_PROTOCOL = '/shoal/noise-handshake-clear-data/1';
 
+/** Whether a connection carries its bytes in the clear (both ends chose `p2pClearData`): its data channel may too. */
+export function carriesClearData(conn: { encryption?: string }): boolean {
+  return conn.encryption === CLEAR_DATA_PROTOCOL;
+}
+
 /** Largest Noise handshake message (the Noise spec's limit). */
 const NOISE_MAX = 65535;
 

@@ -6,7 +6,7 @@ import type { PeerMetrics } from './metrics.ts';
 import type { PeerTable } from './peer-table.ts';
 import { PROTOCOLS, type ChunkRequest, type PeerTagRecord, type ReportOutcome } from './types.ts';
 import { parseChunkHeader, parseChunkMapAnswer, parseManifestHeader, parseReportAnswer, parseTagAnswer } from './validate.ts';
-import { CLEAR_DATA_PROTOCOL } from './clear-data.ts';
+import { carriesClearData } from './clear-data.ts';
 import { hostOf, isSealed, openChannel, receiveRange, type ChannelConnection, type ChannelOffer } from './data-channel.ts';
 import { DATA_FRAME, framed, MAX_FRAME, ProtocolViolation, readFrame, readJson, violationOf, writeJson, type Framed } from './wire.ts';
 
@@ -104,7 +104,7 @@ export class ContentClient {
     try {
       const wantsChannel = this.opts.dataChannel === true && this.dataPortUnreachableUntil(peer) === undefined;
       // Its connection carries bytes in the clear already (both ends chose --p2p-clear-data): so may the channel.
-      const clear = wantsChannel && conn.encryption === CLEAR_DATA_PROTOCOL;
+      const clear = wantsChannel && carriesClearData(conn);
       await writeJson(lp, wantsChannel ? { ...req, channel: true, ...(clear ? { clear: true } : {}) } : req, opts);
       const header = parseChunkHeader(await readJson(lp, opts), { clear });
       if (header.status === 'NOT_FOUND') throw new NotFoundError('BLOB_UNKNOWN', `peer ${peer} does not have ${req.digest}`);

@@ -2,8 +2,8 @@ import type { Socket } from 'node:net';
 import type { Connection, Stream } from '@libp2p/interface';
 import type { Logger } from 'pino';
 import type { TokenBucket } from '../limits/token-bucket.ts';
-import { CLEAR_DATA_PROTOCOL } from './clear-data.ts';
-import { isSealed, sendRange, type DataChannelServer, type OfferedTicket } from './data-channel.ts';
+import { carriesClearData } from './clear-data.ts';
+import { sendRange, type DataChannelServer, type OfferedTicket } from './data-channel.ts';
 import type { PeerMetrics } from './metrics.ts';
 import type { PeerTable } from './peer-table.ts';
 import type { ReportDesk } from './reports.ts';
@@ -92,7 +92,7 @@ export class ContentServer {
         metrics.bytes.inc({ direction: 'out' }, piece.length);
       };
       // Unsealed only when asked for and this connection carries bytes in the clear already (both ends chose it).
-      const sealed = !(req.clear === true && conn.encryption === CLEAR_DATA_PROTOCOL);
+      const sealed = !(req.clear === true && carriesClearData(conn));
       const ticket = req.channel && this.opts.dataChannel?.port ? this.opts.dataChannel.offer({ sealed }) : undefined;
       await writeJson(lp, { status: 'OK', size: opened.size, ...(ticket ? { channel: ticket.offer } : {}) } satisfies ChunkHeader);
       const socket = ticket ? await this.claimed(ticket, lp, signal) : 'stream';
@@ -105,10 +105,9 @@ export class ContentServer {
           }
         }
       } else {
-        const offer = ticket!.offer;
-        await sendRange(socket, offer, opened.stream, before, signal, opened.recycle);
-        metrics.channelTransfers.inc({ direction: 'out', sealed: String(isSealed(offer)) });
-        if (!isSealed(offer)) logger.debug({ peer, digest: req.digest, start: req.start, bytes: opened.size }, 'chunk served over the data channel unsealed (clear-data connection)');
+        await sendRange(socket, ticket!.offer, opened.stream, before, signal, opened.recycle);
+        metrics.channelTransfers.inc({ direction: 'out', sealed: String(sealed) });
+        if (!sealed) logger.debug({ peer, digest: req.digest, start: req.start, bytes: opened.size }, 'chunk served over the data channel unsealed (clear-data connection)');
       }
       metrics.chunkRequests.inc({ direction: 'in', outcome: 'ok' });
       await stream.close();
