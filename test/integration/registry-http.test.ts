@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { RegistryHttp, errorCodeOf, errorMessageOf, type RegistryHttpOptions } from '../../src/bundle/registry-http.ts';
 import { AbortedError, ShoalError, UnavailableError } from '../../src/oci/index.ts';
+import { Resources as SuiteResources } from '../helpers/resources.ts';
 import { memoryImage, startMemoryRegistry, startTokenService, type MemoryImage, type MemoryRegistry, type TokenService } from '../helpers/memory-registry.ts';
 import { startTestServer } from '../helpers/seed-servers.ts';
 import { SEED_TEST_CERT, SEED_TEST_KEY } from '../helpers/seed-tls.ts';
@@ -17,20 +18,10 @@ import { SEED_TEST_CERT, SEED_TEST_KEY } from '../helpers/seed-tls.ts';
 const USER = { username: 'alice', password: 'bundle-secret' };
 const REPO = 'team/app';
 
-/** Clients and servers a suite created, released in `after` even when a test failed. */
-class Resources {
-  private readonly closers: Array<() => Promise<unknown>> = [];
+/** The suite's resources, with its RegistryHttps among them. */
+class Resources extends SuiteResources {
   http(options: RegistryHttpOptions): RegistryHttp {
-    const http = new RegistryHttp(options);
-    this.closers.push(() => http.close());
-    return http;
-  }
-  add<T extends { close(): Promise<unknown> }>(thing: T): T {
-    this.closers.push(() => thing.close());
-    return thing;
-  }
-  async release(): Promise<void> {
-    for (const close of this.closers.reverse()) await close().catch(() => undefined);
+    return this.add(new RegistryHttp(options));
   }
 }
 

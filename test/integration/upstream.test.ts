@@ -12,6 +12,7 @@ import type { Readable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { AbortedError, DigestMismatchError, InvalidError, MediaType, NotFoundError, ShoalError, UnavailableError } from '../../src/oci/index.ts';
 import { SeedClient, parseAuthChallenges, type SeedClientOptions } from '../../src/upstream/index.ts';
+import { Resources as SuiteResources } from '../helpers/resources.ts';
 import { freePort, pushManifest, pushRandomImage, sha256, startDockerRegistry, type DockerRegistry, type PushedImage } from '../helpers/seed-registry.ts';
 import { startTestServer, type TestServer } from '../helpers/seed-servers.ts';
 import { SEED_TEST_CERT, SEED_TEST_KEY } from '../helpers/seed-tls.ts';
@@ -37,20 +38,10 @@ async function readUntilError(stream: Readable): Promise<{ bytes: Buffer; error?
   return { bytes: Buffer.concat(chunks) };
 }
 
-/** Clients and servers a suite created, released in `after` even when a test failed. */
-class Resources {
-  private readonly closers: Array<() => Promise<unknown>> = [];
+/** The suite's resources, with its SeedClients among them. */
+class Resources extends SuiteResources {
   client(options: SeedClientOptions): SeedClient {
-    const client = new SeedClient(options);
-    this.closers.push(() => client.close());
-    return client;
-  }
-  add<T extends { close?: () => Promise<unknown>; stop?: () => Promise<unknown> }>(thing: T): T {
-    this.closers.push(() => (thing.close ? thing.close() : thing.stop!()));
-    return thing;
-  }
-  async release(): Promise<void> {
-    for (const close of this.closers.reverse()) await close().catch(() => undefined);
+    return this.add(new SeedClient(options));
   }
 }
 
